@@ -1,0 +1,1 @@
+"""Inference load client (Triton KServe v2 / TF Serving) and `ratls inspect`."""

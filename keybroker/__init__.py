@@ -1,0 +1,1 @@
+"""Model owner's keybroker and model bundle tooling."""

@@ -1,0 +1,238 @@
+"""Claim policies: a flat object of claim -> constraint, evaluated on verified claims.
+
+The format is the one the Azure confidential-ai sample's client policies use, so they work
+unchanged::
+
+    {"x-ms-attestation-type": "sevsnpvm",
+     "x-ms-sevsnpvm-hostdata": "73973b78...",
+     "x-ms-sevsnpvm-bootloader-svn": {"min": 3},
+     "x-ms-sevsnpvm-is-debuggable": false}
+
+Constraints: a scalar means equal, a list means one of, ``{"min": n}`` / ``{"max": n}`` (both may
+appear together) compare numbers. A claim the evidence lacks fails its rule.
+
+Secure defaults are added as *implicit* rules, each visible in the result so a reviewer sees them:
+
+* simulated evidence (``x-ms-attestation-type: sim``) passes only a policy whose
+  ``x-ms-attestation-type`` rule names ``sim``;
+* a debuggable TEE fails unless the policy names its ``*-is-debuggable`` claim;
+* a TCB status other than ``UpToDate`` fails unless the policy names ``tcb-status``;
+* evidence older than :data:`DEFAULT_MAX_AGE_S` fails unless the policy bounds
+  ``evidence-age-seconds`` itself.
+
+Keys starting with ``$`` are metadata (``$name``, ``$comment``) and are not rules. There is no
+accept-all policy: an empty policy is rejected when loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import PolicyError, Reason
+
+ATTESTATION_TYPE = "x-ms-attestation-type"
+TCB_STATUS = "tcb-status"
+EVIDENCE_AGE = "evidence-age-seconds"
+DEBUG_SUFFIX = "-is-debuggable"
+POLICY_SIGNER = "x-ms-policy-signer"
+SIM_TYPE = "sim"
+DEFAULT_MAX_AGE_S = 24 * 3600
+GOOD_TCB = "UpToDate"
+
+_HEX = re.compile(r"^(0x)?[0-9a-fA-F]+$")
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Rule:
+    claim: str
+    expected: Any
+    actual: Any
+    ok: bool
+    implicit: bool = False
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"claim": self.claim, "expected": self.expected, "actual": self.actual, "ok": self.ok}
+        if self.implicit:
+            d["implicit"] = True
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    rules: tuple[Rule, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rules)
+
+    @property
+    def failed(self) -> list[Rule]:
+        return [r for r in self.rules if not r.ok]
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.rules]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A validated policy. Build with :func:`parse_policy` or :meth:`from_mapping`."""
+
+    rules: Mapping[str, Any]
+    name: str = "policy"
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, doc: Mapping[str, Any], name: str | None = None) -> Policy:
+        if not isinstance(doc, Mapping):
+            raise PolicyError(Reason.POLICY_INVALID, f"a policy is an object of claim -> constraint, got {type(doc).__name__}")
+        meta = {k: v for k, v in doc.items() if isinstance(k, str) and k.startswith("$")}
+        rules = {k: v for k, v in doc.items() if k not in meta}
+        if not rules:
+            raise PolicyError(Reason.POLICY_INVALID, "the policy has no rules; an accept-all policy is not allowed")
+        for claim, constraint in rules.items():
+            if not isinstance(claim, str) or not claim:
+                raise PolicyError(Reason.POLICY_INVALID, f"claim names are strings, got {claim!r}")
+            if claim != POLICY_SIGNER:
+                _check_constraint(claim, constraint)
+        return cls(rules=dict(rules), name=name or str(meta.get("$name", "policy")), meta=meta)
+
+    @property
+    def digest(self) -> str:
+        """Stable hash of the rules; verdict caches key on it so a policy change re-verifies."""
+        blob = json.dumps(self.rules, sort_keys=True, separators=(",", ":"), default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def names(self, claim: str) -> bool:
+        return claim in self.rules
+
+    def evaluate(self, claims: Mapping[str, Any]) -> PolicyResult:
+        return evaluate(self, claims)
+
+
+def _check_constraint(claim: str, c: Any) -> None:
+    if isinstance(c, Mapping):
+        keys = set(c)
+        if not keys or not keys <= {"min", "max"}:
+            raise PolicyError(Reason.POLICY_INVALID, f"{claim}: an object constraint takes only 'min' and 'max', got {sorted(map(str, keys))}")
+        for k in keys:
+            if not _is_number(c[k]):
+                raise PolicyError(Reason.POLICY_INVALID, f"{claim}: '{k}' must be a number, got {c[k]!r}")
+    elif isinstance(c, list):
+        if not c:
+            raise PolicyError(Reason.POLICY_INVALID, f"{claim}: an empty list admits nothing")
+        for item in c:
+            if not _is_scalar(item):
+                raise PolicyError(Reason.POLICY_INVALID, f"{claim}: list items must be scalars, got {item!r}")
+    elif not _is_scalar(c):
+        raise PolicyError(Reason.POLICY_INVALID, f"{claim}: unsupported constraint {c!r}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _norm(v: Any) -> Any:
+    """Hex strings compare case-insensitively and without a 0x prefix."""
+    if isinstance(v, str) and _HEX.match(v):
+        v = v.lower()
+        return v[2:] if v.startswith("0x") else v
+    return v
+
+
+def _equal(expected: Any, actual: Any) -> bool:
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return isinstance(expected, bool) and isinstance(actual, bool) and expected == actual
+    if _is_number(expected) and _is_number(actual):
+        return expected == actual
+    if type(expected) is not type(actual):
+        return False
+    return _norm(expected) == _norm(actual)
+
+
+def check(constraint: Any, actual: Any) -> tuple[bool, str]:
+    """One rule. Returns (ok, note); the note explains a failure that is not a plain mismatch."""
+    if actual is _MISSING:
+        return False, "claim missing from evidence"
+    if isinstance(constraint, Mapping):
+        if not _is_number(actual):
+            return False, f"wrong type: expected a number, got {type(actual).__name__}"
+        if "min" in constraint and actual < constraint["min"]:
+            return False, f"{actual} < min {constraint['min']}"
+        if "max" in constraint and actual > constraint["max"]:
+            return False, f"{actual} > max {constraint['max']}"
+        return True, ""
+    if isinstance(constraint, list):
+        return any(_equal(c, actual) for c in constraint), ""
+    ok = _equal(constraint, actual)
+    if not ok and constraint is not None and actual is not None and type(constraint) is not type(actual) and not (
+        _is_number(constraint) and _is_number(actual)
+    ):
+        return False, f"wrong type: expected {type(constraint).__name__}, got {type(actual).__name__}"
+    return ok, ""
+
+
+def _names_sim(constraint: Any) -> bool:
+    if isinstance(constraint, list):
+        return SIM_TYPE in constraint
+    return constraint == SIM_TYPE
+
+
+def evaluate(policy: Policy, claims: Mapping[str, Any]) -> PolicyResult:
+    """Every rule, explicit then implicit, with expected, actual and ok. Never stops at the first."""
+    rules: list[Rule] = []
+    for claim, constraint in policy.rules.items():
+        if claim == POLICY_SIGNER:
+            # Checked by the delegation path (a verifier token), which removes the rule first.
+            rules.append(Rule(claim, "token signed by pinned key", claims.get(claim), bool(claims.get(claim)), note="delegation"))
+            continue
+        actual = claims.get(claim, _MISSING)
+        ok, note = check(constraint, actual)
+        rules.append(Rule(claim, constraint, None if actual is _MISSING else actual, ok, note=note))
+
+    etype = claims.get(ATTESTATION_TYPE)
+    if etype == SIM_TYPE and not _names_sim(policy.rules.get(ATTESTATION_TYPE)):
+        rules.append(Rule(ATTESTATION_TYPE, "a policy naming 'sim'", etype, False, True, "simulated TEE is trusted only by a policy that names it"))
+
+    for claim, actual in claims.items():
+        if claim.endswith(DEBUG_SUFFIX) and claim not in policy.rules:
+            rules.append(Rule(claim, False, actual, actual is False, True, "" if actual is False else "debug TEE refused: the policy does not admit it by name"))
+
+    if TCB_STATUS not in policy.rules and TCB_STATUS in claims:
+        status = claims[TCB_STATUS]
+        rules.append(Rule(TCB_STATUS, GOOD_TCB, status, status == GOOD_TCB, True, "" if status == GOOD_TCB else "TCB not up to date: name tcb-status in the policy to admit it"))
+
+    if EVIDENCE_AGE not in policy.rules and EVIDENCE_AGE in claims:
+        age = claims[EVIDENCE_AGE]
+        ok = _is_number(age) and age <= DEFAULT_MAX_AGE_S
+        rules.append(Rule(EVIDENCE_AGE, {"max": DEFAULT_MAX_AGE_S}, age, ok, True, "" if ok else "evidence too old"))
+    return PolicyResult(tuple(rules))
+
+
+def parse_policy(data: bytes | str, name: str | None = None) -> Policy:
+    """Parse JSON or YAML text. YAML is a superset of JSON, but JSON is tried first for exact errors."""
+    text = data.decode() if isinstance(data, bytes) else data
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        import yaml
+
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise PolicyError(Reason.POLICY_INVALID, f"policy is neither JSON nor YAML: {e}") from e
+    if doc is None:
+        raise PolicyError(Reason.POLICY_INVALID, "the policy is empty; no policy means no traffic")
+    return Policy.from_mapping(doc, name)
