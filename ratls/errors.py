@@ -55,6 +55,15 @@ class Reason(str, enum.Enum):
     NO_PROVIDER = "no-provider"
     UNSUPPORTED_EVIDENCE = "unsupported-evidence"
     INTERNAL = "internal"
+    # model bundles and key release (keybroker, sidecar unseal)
+    TAMPERED = "tampered"
+    WRONG_KEY = "wrong-key"
+    UNSIGNED = "unsigned"
+    UNSAFE_PATH = "unsafe-path"
+    NONCE_EXPIRED = "nonce-expired"
+    NONCE_REUSED = "nonce-reused"
+    NOT_FOUND = "not-found"
+    UNREACHABLE = "unreachable"
 
 
 class RatlsError(Exception):
