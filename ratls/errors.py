@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Public reason codes. Values are stable: logs, JSON refusals and tests use them."""
 
     # parsing

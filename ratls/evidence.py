@@ -20,7 +20,7 @@ from .errors import EvidenceError, Reason, UsageError, VerificationError
 from .trail import Trail, Verification
 
 
-class EvidenceType(str, enum.Enum):
+class EvidenceType(enum.StrEnum):
     SNP = "sev-snp"
     SIM = "sim"
     TDX = "tdx"
