@@ -75,8 +75,15 @@ def model_files(src: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def encrypt_dir(src: str | os.PathLike[str], bundle: str | os.PathLike[str], key: bytes, *, signer: PrivateKey | None = None,
-                chunk_size: int = DEFAULT_CHUNK_SIZE, threaded: bool = True) -> Manifest:
+def encrypt_dir(
+    src: str | os.PathLike[str],
+    bundle: str | os.PathLike[str],
+    key: bytes,
+    *,
+    signer: PrivateKey | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    threaded: bool = True,
+) -> Manifest:
     """Seal every regular file of ``src`` into ``bundle`` (written beside, then renamed)."""
     src_p, out_p = Path(src), Path(bundle)
     files = model_files(src_p)
@@ -139,8 +146,15 @@ class DecryptResult:
     out_dir: Path
 
 
-def decrypt_to_dir(bundle: str | os.PathLike[str], key: bytes, out_dir: str | os.PathLike[str], *, signer: PublicKey | None = None,
-                   require_signature: bool = True, threaded: bool = True) -> DecryptResult:
+def decrypt_to_dir(
+    bundle: str | os.PathLike[str],
+    key: bytes,
+    out_dir: str | os.PathLike[str],
+    *,
+    signer: PublicKey | None = None,
+    require_signature: bool = True,
+    threaded: bool = True,
+) -> DecryptResult:
     """Verify (when ``signer`` is given), decrypt and place the model in ``out_dir``.
 
     ``out_dir`` must be missing or empty. If it exists (e.g. a tmpfs mount point), staging happens

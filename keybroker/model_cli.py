@@ -66,7 +66,13 @@ def run(args: argparse.Namespace) -> int:
         out = {"action": "sign", "bundle": args.bundle, "signer_key_id": kid}
     elif cmd == "verify":
         kid, reader = bf.verify_file(args.bundle, load_public_key(_read(args.signer, "signer key")))
-        out = {"action": "verify", "bundle": args.bundle, "verified": True, "signer_key_id": kid, "bundle_id": reader.header.bundle_id.hex()}
+        out = {
+            "action": "verify",
+            "bundle": args.bundle,
+            "verified": True,
+            "signer_key_id": kid,
+            "bundle_id": reader.header.bundle_id.hex(),
+        }
     else:
         signer = load_public_key(_read(args.signer, "signer key")) if args.signer else None
         res = bf.decrypt_to_dir(args.bundle, bf.read_key_file(args.key), args.output, signer=signer, require_signature=False)

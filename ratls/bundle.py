@@ -175,7 +175,9 @@ class Header:
         if magic != MAGIC:
             raise BundleError(Reason.BAD_FORMAT, f"not a ratls model bundle (magic {magic!r})", step="header")
         if version != VERSION or hlen != HEADER_LEN:
-            raise BundleError(Reason.UNSUPPORTED_VERSION, f"bundle version {version} header {hlen}, expected {VERSION}/{HEADER_LEN}", step="header")
+            raise BundleError(
+                Reason.UNSUPPORTED_VERSION, f"bundle version {version} header {hlen}, expected {VERSION}/{HEADER_LEN}", step="header"
+            )
         if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
             raise BundleError(Reason.BAD_FORMAT, f"chunk size {chunk_size} outside [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]", step="header")
         return cls(chunk_size, bid, commit)
@@ -202,7 +204,11 @@ class Footer:
         if mlen > MAX_MANIFEST_LEN or slen > MAX_SIGNATURE_LEN or mlen < TAG_LEN:
             raise BundleError(Reason.BAD_FORMAT, f"manifest length {mlen} / signature length {slen} out of range", step="footer")
         if off < HEADER_LEN or off + mlen + slen + FOOTER_LEN != total:
-            raise BundleError(Reason.TRUNCATED, f"footer offsets ({off}+{mlen}+{slen}+{FOOTER_LEN}) do not add up to the bundle size {total}", step="footer")
+            raise BundleError(
+                Reason.TRUNCATED,
+                f"footer offsets ({off}+{mlen}+{slen}+{FOOTER_LEN}) do not add up to the bundle size {total}",
+                step="footer",
+            )
         return cls(off, mlen, slen)
 
 
@@ -369,7 +375,9 @@ def check_signature(block_raw: bytes, message: bytes, public_key: PublicKey) -> 
     kid = key_id(public_key)
     if block["alg"] != alg or block["key_id"] != kid:
         raise BundleError(
-            Reason.BAD_SIGNATURE, f"signed by key {block['key_id'][:16]}… ({block['alg']}), expected signer {kid[:16]}… ({alg})", step="signature"
+            Reason.BAD_SIGNATURE,
+            f"signed by key {block['key_id'][:16]}… ({block['alg']}), expected signer {kid[:16]}… ({alg})",
+            step="signature",
         )
     try:
         if alg == ALG_ED25519:
@@ -579,12 +587,18 @@ class BundleReader:
                 view = memoryview(buf)[:want]
                 got = _read_full(self._s, view)
                 if got != want:
-                    raise BundleError(Reason.TRUNCATED, f"sealed chunk is {got} bytes, expected {want}", step="decrypt", path=entry.path, chunk=i)
+                    raise BundleError(
+                        Reason.TRUNCATED, f"sealed chunk is {got} bytes, expected {want}", step="decrypt", path=entry.path, chunk=i
+                    )
                 try:
                     plain = aead.decrypt(chunk_nonce(i), view, chunk_aad(bid, entry.path, i, i == n - 1))
                 except InvalidTag as e:
                     raise BundleError(
-                        Reason.TAMPERED, "chunk does not authenticate (modified, swapped, reordered or from another file)", step="decrypt", path=entry.path, chunk=i
+                        Reason.TAMPERED,
+                        "chunk does not authenticate (modified, swapped, reordered or from another file)",
+                        step="decrypt",
+                        path=entry.path,
+                        chunk=i,
                     ) from e
                 hasher.update(plain)
                 out.write(plain)

@@ -268,7 +268,7 @@ def test_digest_mismatch_named(tmp_path):
     """A manifest whose SHA-256 differs from the content (e.g. a key holder re-sealed a file)."""
     bid = b"\x07" * 16
     buf = io.BytesIO()
-    w = B.BundleWriter(buf, KEY, chunk_size=CS, random=lambda n: (bid if n == 16 else b"\x01" * n))
+    w = B.BundleWriter(buf, KEY, chunk_size=CS, random=lambda n: bid if n == 16 else b"\x01" * n)
     w.add_file("w.bin", io.BytesIO(b"abc"), 3)
     m = w.finish()
     raw = buf.getvalue()
@@ -277,7 +277,7 @@ def test_digest_mismatch_named(tmp_path):
     ct = raw[B.HEADER_LEN : B.HEADER_LEN + B.sealed_size(3, CS)]
     forged = forged[: B.HEADER_LEN] + ct + forged[B.HEADER_LEN :]
     off = B.HEADER_LEN + len(ct)
-    forged = forged[:-B.FOOTER_LEN] + B.Footer(off, len(forged) - off - B.FOOTER_LEN, 0).pack()
+    forged = forged[: -B.FOOTER_LEN] + B.Footer(off, len(forged) - off - B.FOOTER_LEN, 0).pack()
     (tmp_path / "f.rmb").write_bytes(forged)
     with pytest.raises(B.BundleError) as exc:
         bf.decrypt_to_dir(tmp_path / "f.rmb", KEY, tmp_path / "out", require_signature=False)
@@ -343,7 +343,13 @@ def test_reader_on_garbage_raises_only_bundle_error(raw):
 
 
 @settings(max_examples=100, deadline=None)
-@given(doc=st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12))
+@given(
+    doc=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+        max_leaves=12,
+    )
+)
 def test_manifest_parser_on_any_json(doc):
     h = B.Header(CS, b"\x07" * 16, b"\x00" * 32)
     try:
