@@ -163,7 +163,7 @@ def _decode_endorsements(raw: bytes | None) -> tuple[bytes, ...]:
         items = cbor2.loads(raw)
     except Exception as e:  # cbor2 raises several types on hostile bytes
         raise ParseError(Reason.BAD_ENCODING, f"endorsements extension is not CBOR: {e}") from e
-    if not isinstance(items, list) or not all(isinstance(i, bytes) for i in items):
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, bytes) for i in items):
         raise ParseError(Reason.BAD_FORMAT, "endorsements extension must be a CBOR array of byte strings")
     return tuple(items)
 
@@ -187,7 +187,7 @@ def parse_ratls_certificate(data: bytes) -> RatlsCertificate:
     if not isinstance(tagged, cbor2.CBORTag):
         raise ParseError(Reason.BAD_FORMAT, "evidence extension must be a tagged CBOR item")
     value = tagged.value
-    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, bytes) for v in value)):
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, bytes) for v in value)):
         raise ParseError(Reason.BAD_FORMAT, "tagged evidence must be [evidence: bstr, claims: bstr]")
     evidence_bytes, claims_bytes = value
     kind = _type_for_tag(tagged.tag, evidence_bytes)
@@ -316,7 +316,7 @@ def verify_certificate(
         if not rc.legacy:
             with trail.step("key-binding") as s:
                 ph = rc.claims.get(wire.CLAIM_PUBKEY_HASH)
-                if not (isinstance(ph, list) and len(ph) == 2 and ph[0] == wire.HASH_ALG_SHA256 and isinstance(ph[1], bytes)):
+                if not (isinstance(ph, (list, tuple)) and len(ph) == 2 and ph[0] == wire.HASH_ALG_SHA256 and isinstance(ph[1], bytes)):
                     raise VerificationError(Reason.KEY_BINDING, f"claims carry no sha-256 pubkey-hash: {ph!r}")
                 want = hashlib.sha256(rc.spki).digest()
                 if not secrets.compare_digest(ph[1], want):
