@@ -349,7 +349,7 @@ def verify_report(
             s.detail = f"{kind.upper()} {leaf.fingerprint[:16]}… for {product}"
         with trail.step(STEP_CHAIN) as s:
             chain = _chain_to_root(kind, leaf, product, seen, opts, roots, missing_root)
-            s.detail = f"{kind.upper()} <- {_cert_name(chain.intermediate)} <- {_cert_name(chain.root)} (pinned {chain.root.fingerprint[:16]}…)"
+            s.detail = f"{kind.upper()} <- {_cert_name(chain.intermediate)} <- {_cert_name(chain.root)} (trusted root {chain.root.fingerprint[:16]}…)"
         with trail.step(STEP_VALIDITY) as s:
             s.detail = _check_validity(chain, opts.now)
         with trail.step(STEP_SIGNATURE) as s:
