@@ -22,20 +22,14 @@ interpreter's ``LIBDIR`` first on ``LD_LIBRARY_PATH`` for tritonserver and its s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import sysconfig
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from collections import deque
 from pathlib import Path
 
 import numpy as np
+
+from .process import ChildServer
 
 IMAGE_FLOATS = 3 * 224 * 224
 MODELS = ("digits", "identity_fp32", "mean_fp32")
@@ -133,17 +127,13 @@ def serve(
         triton.serve()
 
 
-class TritonError(RuntimeError):
-    """tritonserver did not come up (the message carries the tail of its log)."""
+class TritonDigits(ChildServer):
+    """``python -m client.backends.triton_digits`` as a child process (see ``ChildServer``).
 
-
-class TritonDigits:
-    """Runs ``python -m client.backends.triton_digits`` as a child process (its own session).
-
-    ``start()`` returns at once; ``wait_ready()`` blocks until every model is ready; ``stop()``
-    sends SIGTERM, then kills the whole process group (tritonserver and its stubs) if needed.
-    Usable as a context manager (start + wait_ready / stop).
+    Ready when the server and every model answer ready on HTTP; the child gets ``triton_env()``.
     """
+
+    module = "client.backends.triton_digits"
 
     def __init__(
         self,
@@ -155,10 +145,12 @@ class TritonDigits:
         log_path: Path | None = None,
     ) -> None:
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
-        self.model_dir = model_dir
-        self._own_log = log_path is None
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix="triton-digits-", suffix=".log")[1])
-        self.proc: subprocess.Popen[bytes] | None = None
+        args = ["--host", host, "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
+        if model_dir:
+            args += ["--model-dir", str(model_dir)]
+        base = f"http://{host}:{http_port}"
+        ready = [f"{base}/v2/health/ready", *(f"{base}/v2/models/{m}/ready" for m in MODELS)]
+        super().__init__(args, ready, log_path=log_path, env=triton_env())
 
     @property
     def http_url(self) -> str:
@@ -167,88 +159,6 @@ class TritonDigits:
     @property
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
-
-    def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "client.backends.triton_digits", "--host", self.host]
-        cmd += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port)]
-        if self.model_dir:
-            cmd += ["--model-dir", str(self.model_dir)]
-        return cmd
-
-    def start(self) -> TritonDigits:
-        repo = Path(__file__).resolve().parents[2]
-        env = triton_env()
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        return self
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(deque(f, maxlen=lines))
-        except OSError:
-            return ""
-
-    def ready(self) -> bool:
-        """True when the server and every model answer ready on HTTP."""
-        base = f"http://{self.host}:{self.http_port}"
-        try:
-            for path in ["/v2/health/ready", *(f"/v2/models/{m}/ready" for m in MODELS)]:
-                with _no_proxy_opener().open(base + path, timeout=2) as r:
-                    if r.status != 200:
-                        return False
-        except (urllib.error.URLError, OSError):
-            return False
-        return True
-
-    def wait_ready(self, timeout: float = 120.0) -> TritonDigits:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise TritonError(f"triton_digits exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self.ready():
-                return self
-            time.sleep(0.25)
-        raise TritonError(f"triton_digits not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        # tritonserver and its Python stubs share the child's session: make sure none outlives it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-        if self._own_log:
-            with contextlib.suppress(OSError):
-                self.log_path.unlink()
-
-    def __enter__(self) -> TritonDigits:
-        self.start()
-        try:
-            return self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _no_proxy_opener() -> urllib.request.OpenerDirector:
-    """Health checks go straight to the backend, whatever http_proxy says."""
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def main(argv: list[str] | None = None) -> int:
