@@ -271,9 +271,31 @@ def parse_quote(raw: bytes) -> Quote:
         raise ParseError(Reason.UNSUPPORTED_VERSION, f"PCK certification data type {ptype}: only 5 (PEM PCK chain) is supported")
     psize = qe_part.u32("PCK certification data size")
     chain = qe_part.take(psize, "PCK certificate chain")
-    return Quote(raw, hdr, signed, body, signature, att_key, qe_report, qe_sig, auth, chain.rstrip(b"\x00"), trailing)
+    return Quote(raw, hdr, signed, body, signature, att_key, qe_report, qe_sig, auth, chain, trailing)
 
 
 def quote_report_data(raw: bytes) -> bytes:
     """The 64-byte REPORTDATA of a quote (RA-TLS binding checks read it)."""
     return parse_quote(raw).report_data
+
+
+def encode_quote(
+    signed: bytes,
+    signature: bytes,
+    attestation_key: bytes,
+    qe_report: bytes,
+    qe_report_signature: bytes,
+    qe_auth_data: bytes,
+    pck_chain_pem: bytes,
+) -> bytes:
+    """Serialise a quote from its parts (the inverse of :func:`parse_quote`, without padding).
+
+    ``signed`` is header (+ v5 descriptor) + body as the attestation key signs it. Used to build
+    test quotes under a test PKI and by tamper tests that swap a part.
+    """
+    version = int.from_bytes(signed[HDR_VERSION], "little")
+    qe = qe_report + qe_report_signature + struct.pack("<H", len(qe_auth_data)) + qe_auth_data
+    qe += struct.pack("<HI", CERT_TYPE_PCK_CHAIN, len(pck_chain_pem)) + pck_chain_pem
+    sig = signature + attestation_key
+    sig += qe if version == 3 else struct.pack("<HI", CERT_TYPE_QE_REPORT, len(qe)) + qe
+    return signed + struct.pack("<I", len(sig)) + sig
