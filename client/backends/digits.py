@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ratls.errors import Reason, UsageError
+
 N_FEATURES = 64
 N_CLASSES = 10
 MODEL_FILE = "digits.pkl"
@@ -78,14 +80,10 @@ def load(directory: Path) -> DigitsModel:
     """Load ``digits.pkl`` from a verified model directory."""
     path = Path(directory) / MODEL_FILE
     if not path.is_file():
-        from ratls.errors import UsageError
-
-        raise UsageError(f"model directory {directory} has no {MODEL_FILE}")
+        raise UsageError(Reason.CONFIG_INVALID, f"model directory {directory} has no {MODEL_FILE}")
     est = pickle.loads(path.read_bytes())
     if not hasattr(est, "predict_proba"):
-        from ratls.errors import UsageError
-
-        raise UsageError(f"{path} does not hold a classifier with predict_proba")
+        raise UsageError(Reason.CONFIG_INVALID, f"{path} does not hold a classifier with predict_proba")
     return DigitsModel(estimator=est)
 
 
