@@ -33,7 +33,7 @@ from .errors import Reason, UsageError
 from .evidence import Evidence, EvidenceType, VerifyOptions
 from .snp import abi
 from .snp import verify as snp
-from .snp.der import integer_extension, octets_extension, parse_cert
+from .snp.der import integer_extension, octets_extension, parse_cert, string_extension
 from .trail import Verification
 
 SIM_PRODUCT = "Sim"
@@ -46,6 +46,7 @@ DEFAULT_TCB = {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
 SIM_FW = (1, 55, 0)  # major, minor, build
 RSA_BITS = 2048  # AMD uses 4096; 2048 keeps `ratls sim init` fast and is plenty for a simulation
 _PEM_KEY = re.compile(rb"-----BEGIN PRIVATE KEY-----.*?-----END PRIVATE KEY-----", re.S)
+_CPUID = {abi.MILAN: (0x19, 0x01, 0x01), abi.GENOA: (0x19, 0x11, 0x01), abi.TURIN: (0x1A, 0x02, 0x00)}
 _ORG = "ratls simulated TEE (NOT A REAL TEE)"
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=snp.PSS_SALT_LENGTH)
 
@@ -80,14 +81,21 @@ class SimAuthority:
     vcek_der: bytes
 
     @classmethod
-    def generate(cls, *, now: datetime, chip_id: bytes | None = None, tcb: dict[str, int] | None = None) -> SimAuthority:
-        """A fresh chain valid from a day before ``now`` (clock skew) for 25 years (VCEK: 7)."""
+    def generate(cls, *, now: datetime, chip_id: bytes | None = None, tcb: dict[str, int] | None = None, product: str = SIM_PRODUCT) -> SimAuthority:
+        """A fresh chain valid from a day before ``now`` (clock skew) for 25 years (VCEK: 7).
+
+        ``product`` other than ``Sim`` (``Milan``, ``Genoa``, ``Turin``) makes an AMD look-alike
+        for tests of product-specific paths (Turin's TCB layout and 8-byte chip id); it verifies
+        only where a test passes its root as ``VerifyOptions.amd_roots``.
+        """
         if now.tzinfo is None:
             raise UsageError(Reason.CONFIG_INVALID, "SimAuthority.generate needs a timezone-aware now")
-        chip = chip_id if chip_id is not None else secrets.token_bytes(64)
-        if len(chip) != 64:
-            raise UsageError(Reason.CONFIG_INVALID, f"chip_id is 64 bytes, got {len(chip)}")
+        chip_size = abi.TURIN_CHIP_ID_SIZE if product == abi.TURIN else 64
+        chip = chip_id if chip_id is not None else secrets.token_bytes(chip_size)
+        if len(chip) != chip_size:
+            raise UsageError(Reason.CONFIG_INVALID, f"chip_id is {chip_size} bytes for {product}, got {len(chip)}")
         t = dict(DEFAULT_TCB, **(tcb or {}))
+        fmc = (_ext(snp.OID_FMC_SPL, _der_int(t.get("fmc", 0))),) if product == abi.TURIN else ()
         start = now - timedelta(days=1)
         ark_key = rsa.generate_private_key(65537, RSA_BITS)
         ask_key = rsa.generate_private_key(65537, RSA_BITS)
@@ -109,23 +117,24 @@ class SimAuthority:
             cert = b.sign(signer, hashes.SHA384(), rsa_padding=_PSS)
             return cert.public_bytes(serialization.Encoding.DER)
 
-        ark = build("ARK-Sim", "ARK-Sim", ark_key, ark_key, 25, True)
-        ask = build("SEV-Sim", "ARK-Sim", ask_key, ark_key, 25, True)
+        ark = build(f"ARK-{product}", f"ARK-{product}", ark_key, ark_key, 25, True)
+        ask = build(f"SEV-{product}", f"ARK-{product}", ask_key, ark_key, 25, True)
         vcek = build(
             snp.CN_VCEK,
-            "SEV-Sim",
+            f"SEV-{product}",
             vcek_key,
             ask_key,
             7,
             False,
             (
                 _ext(snp.OID_STRUCT_VERSION, _der_int(1)),
-                _ext(snp.OID_PRODUCT_NAME, _der_ia5(SIM_PRODUCT)),
+                _ext(snp.OID_PRODUCT_NAME, _der_ia5(product)),
                 _ext(snp.OID_BL_SPL, _der_int(t["bootloader"])),
                 _ext(snp.OID_TEE_SPL, _der_int(t["tee"])),
                 _ext(snp.OID_SNP_SPL, _der_int(t["snp"])),
                 _ext(snp.OID_UCODE_SPL, _der_int(t["microcode"])),
                 _ext(snp.OID_HWID, chip),
+                *fmc,
             ),
         )
         return cls(ark_key, ask_key, vcek_key, ark, ask, vcek)
@@ -167,13 +176,20 @@ class SimAuthority:
         return hashlib.sha256(self.ark_der).hexdigest()
 
     @property
+    def product(self) -> str:
+        return string_extension(parse_cert(self.vcek_der), snp.OID_PRODUCT_NAME) or SIM_PRODUCT
+
+    @property
     def chip_id(self) -> bytes:
-        return octets_extension(parse_cert(self.vcek_der), snp.OID_HWID, (64,)) or b""
+        """The VCEK hwID: 64 bytes, or 8 for a Turin look-alike."""
+        return octets_extension(parse_cert(self.vcek_der), snp.OID_HWID, (64, 8)) or b""
 
     @property
     def tcb(self) -> dict[str, int]:
         c = parse_cert(self.vcek_der)
         oids = {"bootloader": snp.OID_BL_SPL, "tee": snp.OID_TEE_SPL, "snp": snp.OID_SNP_SPL, "microcode": snp.OID_UCODE_SPL}
+        if self.product == abi.TURIN:
+            oids["fmc"] = snp.OID_FMC_SPL
         return {k: integer_extension(c, o) or 0 for k, o in oids.items()}
 
     # -- evidence --------------------------------------------------------------------------
@@ -207,8 +223,8 @@ class SimAuthority:
             policy |= abi.POLICY_DEBUG
         if migrate_ma:
             policy |= abi.POLICY_MIGRATE_MA
-        t = self.tcb
-        tcb_raw = abi.encode_tcb(None, **t)
+        product = self.product
+        tcb_raw = abi.encode_tcb(product, **self.tcb)
         buf = bytearray(abi.REPORT_SIZE)
         abi.put(buf, abi.VERSION, 3)
         abi.put(buf, abi.GUEST_SVN, guest_svn)
@@ -226,7 +242,11 @@ class SimAuthority:
         abi.put(buf, abi.REPORT_ID, report_id if report_id is not None else secrets.token_bytes(32))
         abi.put(buf, abi.REPORT_ID_MA, b"\xff" * 32)
         abi.put(buf, abi.REPORTED_TCB, tcb_raw)
-        # CPUID family/model/stepping stay zero: no real product, the VCEK-Sim names "Sim".
+        # CPUID stays zero for "Sim" (no real product: the VCEK-Sim's productName decides).
+        fam, mod, step = _CPUID.get(product, (0, 0, 0))
+        abi.put(buf, abi.CPUID_FAM_ID, fam)
+        abi.put(buf, abi.CPUID_MOD_ID, mod)
+        abi.put(buf, abi.CPUID_STEP, step)
         abi.put(buf, abi.CHIP_ID, self.chip_id)
         abi.put(buf, abi.COMMITTED_TCB, tcb_raw)
         major, minor, build = SIM_FW

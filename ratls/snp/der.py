@@ -194,7 +194,10 @@ class Cert:
 
     der: bytes
     tbs: bytes
+    #: the AlgorithmIdentifier inside the TBS and the outer one; RFC 5280 wants them equal and the
+    #: chain check refuses a certificate where they differ (kept apart so the refusal names it)
     tbs_sig_alg: bytes
+    outer_sig_alg: bytes
     sig_alg_oid: str
     pss: PssParams | None
     signature: bytes
@@ -272,8 +275,6 @@ def parse_cert(der: bytes) -> Cert:
     if tag != TAG_SEQUENCE:
         raise _fail("TBS signature is not an AlgorithmIdentifier")
     tbs_sig_alg = der[at:e]
-    if tbs_sig_alg != outer_alg:
-        raise _fail("TBS signature algorithm differs from the outer signatureAlgorithm")
     tag, at, _, e = fields[i + 2]
     if tag != TAG_SEQUENCE:
         raise _fail("issuer is not a Name")
@@ -310,7 +311,7 @@ def parse_cert(der: bytes) -> Cert:
             if oid in extensions:
                 raise _fail(f"duplicate extension {oid}")
             extensions[oid] = der[items[-1][2] : items[-1][3]]
-    return Cert(der, tbs, tbs_sig_alg, sig_alg_oid, pss, signature, serial, issuer, subject, not_before, not_after, spki, extensions)
+    return Cert(der, tbs, tbs_sig_alg, outer_alg, sig_alg_oid, pss, signature, serial, issuer, subject, not_before, not_after, spki, extensions)
 
 
 def looks_like_cert(blob: bytes) -> bool:

@@ -221,6 +221,8 @@ def _check_self_signed(root_der: bytes) -> None:
 
 def _verify_pss(child: Cert, issuer: Cert) -> None:
     """RSASSA-PSS SHA-384 / MGF1-SHA-384 / salt 48 over the child's TBS, as AMD signs its chain."""
+    if child.tbs_sig_alg != child.outer_sig_alg:
+        raise VerificationError(Reason.BAD_CHAIN_SIGNATURE, f"{_cert_name(child)}: signed algorithm identifier differs from the outer one")
     p = child.pss
     if p is None or p.hash_oid != OID_SHA384 or p.mgf_hash_oid != OID_SHA384 or p.salt_length != PSS_SALT_LENGTH:
         got = "not RSASSA-PSS" if p is None else f"hash {p.hash_oid}, mgf {p.mgf_hash_oid}, salt {p.salt_length}"
@@ -421,3 +423,23 @@ class VerdictCache:
             if len(self._items) > self.maxsize:
                 self._items.popitem(last=False)
         return v
+
+
+def verify_endorsement_chain(leaf: bytes, extra: Iterable[bytes] = (), *, now: datetime, roots: Mapping[str, bytes] | None = None) -> Chain:
+    """Chain one VCEK/VLEK (DER or PEM) to the trusted root of the product its productName names.
+
+    The ``chain-to-root`` and ``cert-validity`` steps on their own, for endorsements that arrive
+    without a report (``ratls inspect`` on a VCEK, cache warm-up). Raises EvidenceError.
+    """
+    certs, skipped = _certs_in([leaf])
+    if len(certs) != 1:
+        raise ParseError(Reason.BAD_ENCODING, f"expected one certificate, found {len(certs)}{': ' + skipped[0] if skipped else ''}")
+    cert = certs[0]
+    kind = _leaf_kind(cert)
+    product = _cert_product(cert)
+    if kind is None or product is None:
+        raise CollateralError(Reason.MISSING_ENDORSEMENT, f"{_cert_name(cert)} is not a VCEK or VLEK (no AMD productName/SPL extensions)")
+    seen, _ = _certs_in(extra)
+    chain = _chain_to_root(kind, cert, product, seen, VerifyOptions(now=now), amd_roots() if roots is None else roots, None)
+    _check_validity(chain, now)
+    return chain
