@@ -1,0 +1,396 @@
+"""Sans-IO HTTP/1.1 framing for a relaying proxy: message heads and body boundaries, no sockets.
+
+A relaying proxy does not need to understand bodies, only where they end, so that a keep-alive
+connection can carry the next message and an upstream connection can go back to the pool. This
+module therefore has two parts, in the h11 style (bytes in, events out, never a socket):
+
+* :func:`parse_request_head` / :func:`parse_response_head`: find and parse a complete head in a
+  buffer, or say that more bytes are needed. Heads are small, so they are parsed whole.
+* :class:`BodyFramer`: told the framing of a body (length, chunked, until-close, none), it is fed
+  the bytes that follow the head and answers how many of them belong to this body and whether the
+  body ended. Body bytes are counted, never copied: chunk *data* is skipped by arithmetic, only chunk
+  size lines and trailers are scanned (the hot path does no per-byte Python work).
+
+Bad bytes raise :class:`HttpError` with the status a proxy should answer (400, 431, 501, 502);
+nothing else escapes on hostile input (tests/test_relay_http1.py fuzzes this).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+#: default limit on a message head (request line + headers); over it: 431
+MAX_HEAD = 64 * 1024
+#: limit on one chunk-size line or trailer line
+MAX_LINE = 8 * 1024
+
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_CHUNK_SIZE = re.compile(rb"^([0-9A-Fa-f]{1,16})[ \t]*(;.*)?$")
+_VERSION = re.compile(rb"^HTTP/1\.[01]$")
+HOP_BY_HOP = frozenset(
+    {b"connection", b"proxy-connection", b"keep-alive", b"proxy-authorization", b"proxy-authenticate", b"te", b"trailer", b"upgrade"}
+)
+
+
+class HttpError(Exception):
+    """The peer's bytes are not HTTP/1.1 we can relay; ``status`` is what to answer."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class Head:
+    """A parsed request or response head. ``headers`` keeps order and original case."""
+
+    start: tuple[bytes, bytes, bytes]
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: bytes the head occupied in the buffer, terminator included
+    size: int = 0
+
+    def get(self, name: bytes) -> bytes | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def get_all(self, name: bytes) -> list[bytes]:
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
+    def tokens(self, name: bytes) -> list[bytes]:
+        """Comma-separated tokens of every ``name`` header, lower-cased (Connection, Transfer-Encoding)."""
+        return [t.strip().lower() for v in self.get_all(name) for t in v.split(b",") if t.strip()]
+
+
+@dataclass
+class Request(Head):
+    @property
+    def method(self) -> bytes:
+        return self.start[0]
+
+    @property
+    def target(self) -> bytes:
+        return self.start[1]
+
+    @property
+    def version(self) -> bytes:
+        return self.start[2]
+
+    @property
+    def keep_alive(self) -> bool:
+        conn = self.tokens(b"connection") + self.tokens(b"proxy-connection")
+        if self.version == b"HTTP/1.0":
+            return b"keep-alive" in conn
+        return b"close" not in conn
+
+
+@dataclass
+class Response(Head):
+    @property
+    def version(self) -> bytes:
+        return self.start[0]
+
+    @property
+    def status(self) -> int:
+        return int(self.start[1])
+
+    @property
+    def keep_alive(self) -> bool:
+        conn = self.tokens(b"connection")
+        if self.version == b"HTTP/1.0":
+            return b"keep-alive" in conn
+        return b"close" not in conn
+
+
+def _split_head(buf: bytes | bytearray, max_head: int) -> tuple[list[bytes], int] | None:
+    end = buf.find(b"\r\n\r\n", 0, max_head + 4)
+    if end < 0:
+        if len(buf) > max_head:
+            raise HttpError(431, f"message head larger than {max_head} bytes")
+        return None
+    if end > max_head:
+        raise HttpError(431, f"message head larger than {max_head} bytes")
+    lines = bytes(buf[:end]).split(b"\r\n")
+    return lines, end + 4
+
+
+def _headers(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    for line in lines:
+        if not line or line[0] in b" \t":
+            raise HttpError(400, "obsolete header line folding is not accepted")
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.match(name):
+            raise HttpError(400, f"malformed header line {line[:60]!r}")
+        value = value.strip(b" \t")
+        if b"\r" in value or b"\n" in value or b"\x00" in value:
+            raise HttpError(400, f"control character in header {name.decode()!r}")
+        out.append((name, value))
+    return out
+
+
+def parse_request_head(buf: bytes | bytearray, max_head: int = MAX_HEAD) -> Request | None:
+    """A complete request head at the start of ``buf``, or None if more bytes are needed."""
+    split = _split_head(buf, max_head)
+    if split is None:
+        return None
+    lines, size = split
+    # RFC 9112 2.2: a server SHOULD ignore at least one empty line received before the request-line.
+    while lines and lines[0] == b"":
+        lines.pop(0)
+    if not lines:
+        raise HttpError(400, "empty request")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not _TOKEN.match(parts[0]) or not parts[1] or not _VERSION.match(parts[2]):
+        raise HttpError(400, f"malformed request line {lines[0][:80]!r}")
+    return Request((parts[0], parts[1], parts[2]), _headers(lines[1:]), size)
+
+
+def parse_response_head(buf: bytes | bytearray, max_head: int = MAX_HEAD) -> Response | None:
+    """A complete response head at the start of ``buf``, or None if more bytes are needed."""
+    split = _split_head(buf, max_head)
+    if split is None:
+        return None
+    lines, size = split
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not _VERSION.match(parts[0]) or len(parts[1]) != 3 or not parts[1].isdigit():
+        raise HttpError(502, f"malformed status line {lines[0][:80]!r}")
+    reason = parts[2] if len(parts) == 3 else b""
+    return Response((parts[0], parts[1], reason), _headers(lines[1:]), size)
+
+
+class Framing(enum.Enum):
+    NONE = "none"
+    LENGTH = "length"
+    CHUNKED = "chunked"
+    UNTIL_CLOSE = "until-close"
+
+
+def _content_length(head: Head, status_on_error: int) -> int | None:
+    values = head.get_all(b"content-length")
+    if not values:
+        return None
+    seen = {v.strip() for v in b",".join(values).split(b",")}
+    if len(seen) != 1:
+        raise HttpError(status_on_error, "conflicting Content-Length values")
+    v = seen.pop()
+    if not v.isdigit() or len(v) > 18:
+        raise HttpError(status_on_error, f"bad Content-Length {v[:30]!r}")
+    return int(v)
+
+
+def request_framing(req: Request) -> tuple[Framing, int]:
+    """RFC 9112 6.3 for requests. Both Transfer-Encoding and Content-Length: refused (smuggling)."""
+    te = req.tokens(b"transfer-encoding")
+    cl = _content_length(req, 400)
+    if te:
+        if cl is not None:
+            raise HttpError(400, "both Transfer-Encoding and Content-Length (request smuggling guard)")
+        if te[-1] != b"chunked":
+            raise HttpError(501, f"unsupported Transfer-Encoding {b', '.join(te).decode(errors='replace')!r}")
+        return Framing.CHUNKED, 0
+    if cl is None or cl == 0:
+        return Framing.NONE, 0
+    return Framing.LENGTH, cl
+
+
+def response_framing(resp: Response, request_method: bytes) -> tuple[Framing, int]:
+    """RFC 9112 6.3 for responses to ``request_method``."""
+    status = resp.status
+    if request_method == b"HEAD" or 100 <= status < 200 or status in (204, 304):
+        return Framing.NONE, 0
+    if request_method == b"CONNECT" and 200 <= status < 300:
+        return Framing.NONE, 0
+    te = resp.tokens(b"transfer-encoding")
+    if te:
+        if te[-1] == b"chunked":
+            return Framing.CHUNKED, 0
+        return Framing.UNTIL_CLOSE, 0
+    cl = _content_length(resp, 502)
+    if cl is None:
+        return Framing.UNTIL_CLOSE, 0
+    return (Framing.LENGTH, cl) if cl else (Framing.NONE, 0)
+
+
+class _C(enum.Enum):
+    SIZE = 0
+    DATA = 1
+    DATA_CRLF = 2
+    TRAILER = 3
+    DONE = 4
+
+
+class BodyFramer:
+    """Counts the bytes of one body. ``feed(data) -> (n, done)``: the first ``n`` bytes of ``data``
+    belong to the body; when ``done`` the body has ended and ``data[n:]`` is the next message.
+
+    ``eof()`` reports the end of the stream: it completes an until-close body and raises
+    :class:`HttpError` if a length or chunked body was cut short.
+    """
+
+    __slots__ = ("_err", "_line", "_remaining", "_state", "done", "framing", "total")
+
+    def __init__(self, framing: Framing, length: int = 0, *, error_status: int = 400) -> None:
+        self.framing = framing
+        self._remaining = length
+        self._state = _C.SIZE
+        self._line = bytearray()
+        self.total = 0
+        self.done = framing is Framing.NONE or (framing is Framing.LENGTH and length == 0)
+        self._err = error_status
+
+    def feed(self, data: bytes | bytearray) -> tuple[int, bool]:
+        if self.done:
+            return 0, True
+        n = len(data)
+        if self.framing is Framing.UNTIL_CLOSE:
+            self.total += n
+            return n, False
+        if self.framing is Framing.LENGTH:
+            take = min(n, self._remaining)
+            self._remaining -= take
+            self.total += take
+            self.done = self._remaining == 0
+            return take, self.done
+        used = self._feed_chunked(data)
+        self.total += used
+        return used, self.done
+
+    def _feed_chunked(self, data: bytes | bytearray) -> int:
+        pos, n = 0, len(data)
+        while pos < n:
+            st = self._state
+            if st is _C.DATA:
+                take = min(n - pos, self._remaining)
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = _C.DATA_CRLF
+                    self._remaining = 2
+                continue
+            if st is _C.DATA_CRLF:
+                take = min(n - pos, self._remaining)
+                expect = b"\r\n"[2 - self._remaining : 2 - self._remaining + take]
+                if data[pos : pos + take] != expect:
+                    raise HttpError(self._err, "chunk data not followed by CRLF")
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = _C.SIZE
+                continue
+            # SIZE or TRAILER: line-oriented
+            nl = data.find(b"\n", pos, pos + MAX_LINE + 2)
+            if nl < 0:
+                self._line += data[pos:]
+                if len(self._line) > MAX_LINE:
+                    raise HttpError(self._err, "chunk size or trailer line too long")
+                return n
+            self._line += data[pos:nl]
+            pos = nl + 1
+            line = bytes(self._line)
+            self._line.clear()
+            if len(line) > MAX_LINE:
+                raise HttpError(self._err, "chunk size or trailer line too long")
+            if not line.endswith(b"\r"):
+                raise HttpError(self._err, "chunk line not terminated by CRLF")
+            line = line[:-1]
+            if st is _C.SIZE:
+                m = _CHUNK_SIZE.match(line)
+                if not m:
+                    raise HttpError(self._err, f"bad chunk size line {line[:40]!r}")
+                size = int(m.group(1), 16)
+                if size == 0:
+                    self._state = _C.TRAILER
+                else:
+                    self._state, self._remaining = _C.DATA, size
+            else:  # trailer section: ends at the empty line
+                if line == b"":
+                    self._state = _C.DONE
+                    self.done = True
+                    return pos
+                if b":" not in line:
+                    raise HttpError(self._err, "malformed trailer line")
+        return pos
+
+    def eof(self) -> None:
+        if self.done:
+            return
+        if self.framing is Framing.UNTIL_CLOSE:
+            self.done = True
+            return
+        raise HttpError(self._err, f"connection closed inside a {self.framing.value} body")
+
+
+def origin_form(req: Request) -> tuple[bytes, int, bytes]:
+    """Split an absolute-form target ``http://host[:port]/path`` into (host, port, path).
+
+    Only ``http`` is relayed: the proxy adds the attested TLS itself; an ``https`` URL would be a
+    client asking for its own TLS through a CONNECT, not an absolute-form request.
+    """
+    t = req.target
+    if not t.lower().startswith(b"http://"):
+        raise HttpError(400, f"proxy requests use an absolute http:// URL, got {t[:80]!r}")
+    rest = t[7:]
+    slash = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=-1)
+    authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+    if path.startswith(b"?"):
+        path = b"/" + path
+    if b"@" in authority:
+        raise HttpError(400, "userinfo in the request URL is not accepted")
+    host, port = split_authority(authority, 80)
+    return host, port, path
+
+
+def split_authority(authority: bytes, default_port: int | None = None) -> tuple[bytes, int]:
+    """``host:port`` (IPv6 in brackets) -> (host, port)."""
+    if authority.startswith(b"["):
+        end = authority.find(b"]")
+        if end < 0:
+            raise HttpError(400, "unterminated IPv6 literal")
+        host, rest = authority[1:end], authority[end + 1 :]
+        port_s = rest[1:] if rest.startswith(b":") else b""
+    else:
+        host, _, port_s = authority.partition(b":")
+    if not host:
+        raise HttpError(400, "empty host")
+    if not port_s:
+        if default_port is None:
+            raise HttpError(400, f"no port in {authority[:80]!r}")
+        return host.lower(), default_port
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise HttpError(400, f"bad port in {authority[:80]!r}")
+    return host.lower(), int(port_s)
+
+
+def upstream_head(req: Request, path: bytes, host_header: bytes) -> bytes:
+    """The head to send upstream: origin-form, hop-by-hop headers removed, Host kept or set."""
+    drop = HOP_BY_HOP | set(req.tokens(b"connection"))
+    out = [b"%s %s HTTP/1.1\r\n" % (req.method, path)]
+    has_host = False
+    for k, v in req.headers:
+        lk = k.lower()
+        if lk in drop:
+            continue
+        if lk == b"host":
+            has_host = True
+        out.append(b"%s: %s\r\n" % (k, v))
+    if not has_host:
+        out.insert(1, b"Host: %s\r\n" % host_header)
+    if b"trailers" in req.tokens(b"te"):
+        out.append(b"TE: trailers\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def simple_response(status: int, reason: str, body: bytes, content_type: bytes = b"application/json", *, close: bool = False) -> bytes:
+    """A complete small response the proxy itself writes (refusals, errors)."""
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (status, reason.encode(), content_type, len(body))
+    if close:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n" + body

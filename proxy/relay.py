@@ -1,0 +1,296 @@
+"""Byte relay on asyncio Protocols: the hot path of both the proxy and the sidecar.
+
+One :class:`Endpoint` wraps one socket (plain or TLS). It is in one of three modes:
+
+* ``BUFFER``: bytes accumulate in ``buf``; a coroutine awaits :meth:`Endpoint.wait_for` (heads,
+  the HTTP/2 preface sniff). Reading pauses when the buffer passes its limit.
+* ``FORWARD``: bytes go straight to another endpoint's transport, as many as a
+  :class:`~proxy.http1.BodyFramer` says belong to the current body; the rest stays in ``buf`` and
+  the endpoint falls back to ``BUFFER``. :meth:`forward` returns a future that completes then.
+* ``TUNNEL``: every byte goes straight to the peer transport (CONNECT, port maps, the sidecar).
+
+Bytes are never copied into Python buffers on the forward paths: ``data_received`` hands the
+chunk it got to ``transport.write``. Back-pressure is transport-level: when the destination's
+write buffer passes its high-water mark (``pause_writing``), the source stops reading until it
+drains (``resume_writing``). Counters are plain ints the shells turn into metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable
+
+from .http1 import BodyFramer, HttpError
+
+#: read-side buffer limit in BUFFER mode (heads, sniffing); forwarding never buffers
+BUFFER_LIMIT = 256 * 1024
+#: transport write buffer high-water mark: large, so bulk bodies move in big writes
+WRITE_HIGH = 4 * 1024 * 1024
+WRITE_LOW = 1024 * 1024
+
+
+class Mode(enum.Enum):
+    BUFFER = 0
+    FORWARD = 1
+    TUNNEL = 2
+
+
+class Endpoint(asyncio.Protocol):
+    """One side of a relay. See the module docstring for the modes."""
+
+    def __init__(self, on_lost: Callable[[Endpoint], None] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.mode = Mode.BUFFER
+        self.dst: Endpoint | None = None
+        #: the endpoint currently writing into us (paused when our write buffer is full)
+        self.feeder: Endpoint | None = None
+        self.framer: BodyFramer | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.eof = False
+        self.eof_sent = False
+        self.closed = False
+        self.exc: BaseException | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._on_lost = on_lost
+        self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        if not self.connected.done():
+            self.connected.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        mode = self.mode
+        if mode is Mode.TUNNEL:
+            self.dst.write(data)  # type: ignore[union-attr]
+            return
+        if mode is Mode.FORWARD:
+            try:
+                n, done = self.framer.feed(data)  # type: ignore[union-attr]
+            except HttpError as e:
+                self._finish_forward(e)
+                return
+            if n:
+                self.dst.write(data if n == len(data) else data[:n])  # type: ignore[union-attr]
+            if done:
+                if n < len(data):
+                    self.buf += data[n:]
+                self._finish_forward(None)
+            return
+        self.buf += data
+        self._wake()
+        if len(self.buf) > BUFFER_LIMIT:
+            self.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        if self.mode is Mode.TUNNEL and self.dst is not None:
+            self.dst.half_close()
+            if self.eof_sent:
+                self.close()
+        elif self.mode is Mode.FORWARD:
+            try:
+                self.framer.eof()  # type: ignore[union-attr]
+                self._finish_forward(None)
+            except HttpError as e:
+                self._finish_forward(e)
+        self._wake()
+        # keep the write side open (half-close) where the transport can; TLS transports close instead
+        t = self.transport
+        return True if t is not None and t.can_write_eof() else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.eof = True
+        self.exc = exc
+        if not self.connected.done():
+            self.connected.set_exception(exc or ConnectionError("connection lost before it was made"))
+        if self.mode is Mode.TUNNEL and self.dst is not None:
+            self.dst.close()
+        elif self.mode is Mode.FORWARD:
+            if self.framer is not None and self.framer.framing.value == "until-close":
+                self.framer.eof()
+                self._finish_forward(None)
+            else:
+                self._finish_forward(ConnectionError(f"connection closed mid-body ({exc or 'eof'})"))
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        if self.feeder is not None and self.feeder.transport is not None:
+            self.feeder.resume_reading()
+        if self._on_lost is not None:
+            self._on_lost(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.feeder is not None:
+            self.feeder.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.feeder is not None:
+            self.feeder.resume_reading()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+            self.bytes_out += len(data)
+
+    async def drain(self) -> None:
+        if self._write_paused and not self.closed:
+            self._drain = asyncio.get_running_loop().create_future()
+            await self._drain
+
+    def half_close(self) -> None:
+        t = self.transport
+        if t is None or self.closed:
+            return
+        self.eof_sent = True
+        if t.can_write_eof():
+            t.write_eof()
+            if self.eof:
+                t.close()
+        else:  # TLS: no half-close in asyncio; closing flushes what is buffered
+            t.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait_for_data(self) -> None:
+        """Wait until more bytes arrive in ``buf`` or the stream ends (BUFFER mode)."""
+        if self.eof or self.closed:
+            return
+        self.resume_reading()
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def take(self, n: int | None = None) -> bytes:
+        """Remove and return the first ``n`` buffered bytes (all if None)."""
+        if n is None:
+            data = bytes(self.buf)
+            self.buf.clear()
+        else:
+            data = bytes(self.buf[:n])
+            del self.buf[:n]
+        return data
+
+    def _link(self, dst: Endpoint) -> None:
+        self.dst = dst
+        dst.feeder = self
+        if dst._write_paused:
+            self.pause_reading()
+
+    def forward(self, framer: BodyFramer, dst: Endpoint) -> asyncio.Future[None]:
+        """Relay one body to ``dst``; the future completes when it ended (or fails with why)."""
+        self._done = fut = asyncio.get_running_loop().create_future()
+        self._link(dst)
+        self.framer = framer
+        if self.buf:
+            data = self.take()
+            try:
+                n, done = framer.feed(data)
+            except HttpError as e:
+                fut.set_exception(e)
+                return fut
+            if n:
+                dst.write(data[:n])
+            if done:
+                self.buf += data[n:]
+                fut.set_result(None)
+                return fut
+        if framer.done:
+            fut.set_result(None)
+            return fut
+        if self.eof:
+            try:
+                framer.eof()
+                fut.set_result(None)
+            except HttpError as e:
+                fut.set_exception(e)
+            return fut
+        self.mode = Mode.FORWARD
+        self.resume_reading()
+        return fut
+
+    def _finish_forward(self, exc: BaseException | None) -> None:
+        self.mode = Mode.BUFFER
+        fut = self._done
+        if fut is not None and not fut.done():
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+
+    def tunnel(self, dst: Endpoint) -> None:
+        """Relay every byte to ``dst`` from now on (buffered bytes first)."""
+        self._link(dst)
+        if self.buf:
+            dst.write(self.take())
+        self.mode = Mode.TUNNEL
+        if self.eof:
+            dst.half_close()
+        else:
+            self.resume_reading()
+
+
+def splice(a: Endpoint, b: Endpoint) -> asyncio.Future[None]:
+    """Tunnel both ways; the future completes when both sides are closed."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    remaining = {id(a), id(b)}
+
+    def lost(ep: Endpoint) -> None:
+        remaining.discard(id(ep))
+        if not remaining and not done.done():
+            done.set_result(None)
+
+    for ep in (a, b):
+        prev = ep._on_lost
+
+        def chained(e: Endpoint, prev: Callable[[Endpoint], None] | None = prev) -> None:
+            if prev is not None:
+                prev(e)
+            lost(e)
+
+        ep._on_lost = chained
+        if ep.closed:
+            lost(ep)
+    a.tunnel(b)
+    b.tunnel(a)
+    return done

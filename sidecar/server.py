@@ -1,0 +1,269 @@
+"""The sidecar: TLS 1.3 with an RA-TLS certificate in front of a plain backend, inside the TEE.
+
+What it does per connection is deliberately small: finish the TLS handshake (the certificate
+carries the TEE's evidence bound to a key made here, in memory), pick the backend by ALPN (``h2``
+-> gRPC backend, ``http/1.1`` or none -> HTTP backend), then splice bytes both ways on asyncio
+Protocols (:mod:`proxy.relay`). All verification happens on the client side; the sidecar only
+has to present fresh evidence and keep its private key off the disk.
+
+The private key never touches a file system: the PEM goes to an anonymous ``memfd`` and
+``SSLContext.load_cert_chain`` reads it through ``/proc/self/fd/N`` (Python's ssl module has no
+in-memory key API). Rotation re-issues the certificate around new evidence well before it expires
+and loads it into the *same* listening context: OpenSSL copies the certificate into each
+connection at accept time, so new connections get the new one and open ones carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from proxy.obs import JsonLog, next_conn_id, utcnow
+from proxy.relay import Endpoint, splice
+from ratls.evidence import Evidence
+
+ALPN_H2 = "h2"
+ALPN_HTTP1 = "http/1.1"
+
+
+@dataclass
+class SidecarConfig:
+    listen: tuple[str, int]
+    http_backend: tuple[str, int] | None
+    grpc_backend: tuple[str, int] | None
+    #: report_data -> Evidence (a provider's ``get_evidence``)
+    attest: Callable[[bytes], Evidence]
+    evidence_type: str = "sim"
+    admin: tuple[str, int] | None = None
+    log_path: str | None = None
+    lifetime: timedelta = timedelta(hours=1)
+    #: rotate when this fraction of the lifetime has passed (well before expiry)
+    rotate_at: float = 0.5
+    dns_names: tuple[str, ...] = ()
+    curve: str = "P-256"
+    handshake_timeout: float = 10.0
+    backend_connect_timeout: float = 5.0
+    reuse_port: bool = False
+    extra_log: dict[str, Any] = field(default_factory=dict)
+
+
+def _load_into_context(ctx: ssl.SSLContext, key_pem: bytes, cert_pem: bytes) -> None:
+    """Load key + certificate from an anonymous memory file, never a path on disk."""
+    fd = os.memfd_create("ratls-sidecar-key", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, key_pem + cert_pem)
+        ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+class SidecarMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.connections = Counter("ratls_sidecar_connections", "TLS connections accepted, by ALPN and result", ["alpn", "result"], registry=r)
+        self.open = Gauge("ratls_sidecar_open_connections", "connections open now", registry=r)
+        self.bytes = Counter("ratls_sidecar_bytes", "bytes relayed", ["direction"], registry=r)
+        self.rotations = Counter("ratls_sidecar_certificate_rotations", "certificates issued", registry=r)
+        self.issue_seconds = Histogram("ratls_sidecar_certificate_issue_seconds", "time to gather evidence and issue", registry=r)
+        self.errors = Counter("ratls_sidecar_errors", "errors by kind", ["kind"], registry=r)
+
+
+class _TlsSide(Endpoint):
+    """The client-facing TLS socket: on handshake completion, connect the backend and splice."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        super().__init__()
+        self.sidecar = sidecar
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.sidecar._spawn(self.sidecar._serve(self))
+
+
+class Sidecar:
+    def __init__(self, cfg: SidecarConfig) -> None:
+        self.cfg = cfg
+        self.metrics = SidecarMetrics()
+        self.log = JsonLog(cfg.log_path, component="sidecar")
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.ctx.set_alpn_protocols([ALPN_H2, ALPN_HTTP1])
+        self.cert_sha256: str | None = None
+        self.cert_der: bytes | None = None
+        self.cert_not_after: datetime | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._admin: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._rotator: asyncio.Task[None] | None = None
+        self.port: int | None = None
+        self.admin_port: int | None = None
+        self._conns: set[_TlsSide] = set()
+
+    # -- certificate ----------------------------------------------------------------------
+    def issue(self, now: datetime | None = None) -> None:
+        """New key, fresh evidence, new certificate, loaded into the listening context."""
+        from ratls.certificate import issue_certificate, new_key
+
+        now = now or utcnow()
+        t0 = time.perf_counter()
+        key = new_key(self.cfg.curve)
+        cert = issue_certificate(key, self.cfg.attest, now=now, lifetime=self.cfg.lifetime, dns_names=self.cfg.dns_names)
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        _load_into_context(self.ctx, key_pem, cert.public_bytes(serialization.Encoding.PEM))
+        der = cert.public_bytes(serialization.Encoding.DER)
+        self.cert_der = der
+        self.cert_sha256 = hashlib.sha256(der).hexdigest()
+        self.cert_not_after = cert.not_valid_after_utc
+        dt = time.perf_counter() - t0
+        self.metrics.rotations.inc()
+        self.metrics.issue_seconds.observe(dt)
+        self.log.write("certificate", cert_sha256=self.cert_sha256, evidence_type=self.cfg.evidence_type,
+                       not_after=cert.not_valid_after_utc.isoformat(), issue_ms=round(dt * 1e3, 3))
+
+    async def _rotate_forever(self) -> None:
+        period = max(1.0, self.cfg.lifetime.total_seconds() * self.cfg.rotate_at)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await asyncio.to_thread(self.issue)
+            except Exception as e:  # keep serving the current certificate; say why loudly
+                self.metrics.errors.labels("rotation").inc()
+                self.log.write("rotation-failed", error=f"{type(e).__name__}: {e}")
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self.issue)
+        loop = asyncio.get_running_loop()
+        host, port = self.cfg.listen
+        self._server = await loop.create_server(
+            lambda: _TlsSide(self), host, port, ssl=self.ctx, ssl_handshake_timeout=self.cfg.handshake_timeout,
+            reuse_port=self.cfg.reuse_port or None, backlog=1024,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._rotator = asyncio.create_task(self._rotate_forever())
+        if self.cfg.admin is not None:
+            from proxy.obs import AdminServer
+
+            self._admin = AdminServer(self.metrics.registry, self._ready)
+            await self._admin.start(*self.cfg.admin)
+            self.admin_port = self._admin.port
+        self.log.write("listening", listen=f"{host}:{self.port}", admin=self.admin_port, evidence_type=self.cfg.evidence_type,
+                       http_backend=_fmt(self.cfg.http_backend), grpc_backend=_fmt(self.cfg.grpc_backend), **self.cfg.extra_log)
+
+    def _ready(self) -> tuple[bool, dict[str, Any]]:
+        ok = self.cert_sha256 is not None and self._server is not None
+        return ok, {"cert_sha256": self.cert_sha256, "not_after": self.cert_not_after.isoformat() if self.cert_not_after else None}
+
+    async def stop(self) -> None:
+        if self._rotator is not None:
+            self._rotator.cancel()
+        if self._server is not None:
+            self._server.close()
+        for c in list(self._conns):
+            c.abort()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._admin is not None:
+            await self._admin.stop()
+        self.log.close()
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _answer_backend_down(self, tls: _TlsSide, backend: tuple[str, int], error: str) -> None:
+        """HTTP/1.1 clients get a 502 naming the backend (after their request head), not a bare close."""
+        import json
+
+        try:
+            await asyncio.wait_for(tls.wait_for_data(), 10)
+        except TimeoutError:
+            return
+        body = json.dumps({"error": f"backend {_fmt(backend)} unreachable: {error}", "service": _fmt(backend),
+                           "step": "backend-connect", "reason": "backend-unreachable", "failed": []}).encode()
+        tls.write(_BACKEND_DOWN % (len(body), body))
+
+    # -- one connection -------------------------------------------------------------------
+    async def _serve(self, tls: _TlsSide) -> None:
+        cid = next_conn_id("sc")
+        t0 = time.perf_counter()
+        t = tls.transport
+        assert t is not None
+        sslobj = t.get_extra_info("ssl_object")
+        alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
+        cipher = t.get_extra_info("cipher")
+        peer = t.get_extra_info("peername")
+        backend = self.cfg.grpc_backend if alpn == ALPN_H2 else self.cfg.http_backend
+        rec: dict[str, Any] = {"conn_id": cid, "peer": _fmt(peer), "alpn": alpn, "tls_version": sslobj.version() if sslobj else None,
+                               "cipher": cipher[0] if cipher else None, "cert_sha256": self.cert_sha256, "backend": _fmt(backend)}
+        self._conns.add(tls)
+        self.metrics.open.inc()
+        result = "ok"
+        try:
+            if backend is None:
+                result = "no-backend"
+                return
+            loop = asyncio.get_running_loop()
+            try:
+                _, up = await asyncio.wait_for(loop.create_connection(Endpoint, backend[0], backend[1]), self.cfg.backend_connect_timeout)
+            except (OSError, TimeoutError) as e:
+                result = "backend-unreachable"
+                rec["error"] = f"{type(e).__name__}: {e}"
+                self.metrics.errors.labels("backend-connect").inc()
+                if alpn != ALPN_H2:
+                    await self._answer_backend_down(tls, backend, rec["error"])
+                return
+            await splice(tls, up)
+            rec["bytes_from_client"] = tls.bytes_in
+            rec["bytes_from_backend"] = up.bytes_in
+            self.metrics.bytes.labels("to_backend").inc(tls.bytes_in)
+            self.metrics.bytes.labels("to_client").inc(up.bytes_in)
+        finally:
+            if result != "ok":
+                tls.close()
+            self._conns.discard(tls)
+            self.metrics.open.dec()
+            self.metrics.connections.labels(alpn or "none", result).inc()
+            self.log.write("connection", result=result, duration_ms=round((time.perf_counter() - t0) * 1e3, 3), **rec)
+
+
+_BACKEND_DOWN = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+
+
+def _fmt(addr: Any) -> str | None:
+    if addr is None:
+        return None
+    if isinstance(addr, tuple):
+        return f"{addr[0]}:{addr[1]}"
+    return str(addr)
+
+
+async def serve_forever(cfg: SidecarConfig, ready: Callable[[Sidecar], None] | None = None) -> None:
+    import signal
+
+    sc = Sidecar(cfg)
+    await sc.start()
+    if ready is not None:
+        ready(sc)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await sc.stop()
