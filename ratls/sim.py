@@ -51,8 +51,15 @@ _ORG = "ratls simulated TEE (NOT A REAL TEE)"
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=snp.PSS_SALT_LENGTH)
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG)])
+def _name(cn: str, instance: str) -> x509.Name:
+    """AMD-style CN plus an OU unique to this authority, so two sims' chains never share names."""
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, instance),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG),
+        ]
+    )
 
 
 def _der_int(v: int) -> bytes:
@@ -97,6 +104,7 @@ class SimAuthority:
         t = dict(DEFAULT_TCB, **(tcb or {}))
         fmc = (_ext(snp.OID_FMC_SPL, _der_int(t.get("fmc", 0))),) if product == abi.TURIN else ()
         start = now - timedelta(days=1)
+        instance = f"instance {secrets.token_hex(8)}"
         ark_key = rsa.generate_private_key(65537, RSA_BITS)
         ask_key = rsa.generate_private_key(65537, RSA_BITS)
         vcek_key = ec.generate_private_key(ec.SECP384R1())
@@ -104,8 +112,8 @@ class SimAuthority:
         def build(subject: str, issuer: str, key, signer, years: int, ca: bool, exts=()) -> bytes:
             b = (
                 x509.CertificateBuilder()
-                .subject_name(_name(subject))
-                .issuer_name(_name(issuer))
+                .subject_name(_name(subject, instance))
+                .issuer_name(_name(issuer, instance))
                 .public_key(key.public_key())
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(start)
