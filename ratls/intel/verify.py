@@ -194,6 +194,10 @@ def verify_quote(evidence: Evidence, opts: VerifyOptions, trail: Trail, *, expec
         message = _engine(ctx, trail)
         if message is None:
             return _claims(ctx), q.report_data
+        if any(frag.lower() in message.lower() for frag in _ENGINE_POLICY_REFUSALS):
+            # a claim check dcap-qvl hard-codes (TD attributes): ours is the policy's call
+            trail.add("dcap-qvl", True, f"declined on a claim check left to the policy ({message}); verdict from the steps below")
+            return _steps(ctx, trail)
         _steps(ctx, trail)  # dcap-qvl refused: our steps name the failing check if they can
         step, reason = engine_reason(message)
         with trail.step("dcap-qvl"):
@@ -403,9 +407,14 @@ def _claims(ctx: _Ctx) -> dict[str, Any]:
 # --------------------------------------------------------------------------- dcap-qvl engine
 
 
+#: dcap-qvl refusals that are claim policy, not verification: TD attributes it insists on
+#: (SEPT_VE_DISABLE set, DEBUG clear ...). ratls emits the attributes as claims instead.
+_ENGINE_POLICY_REFUSALS = ("SEPT_VE_DISABLE is not enabled", "Debug mode is enabled", "TD migration is enabled", "TD profiling is enabled", "SERVTD_EXT is enabled")
+
 #: dcap-qvl message fragment -> (step, reason); first match wins
 _ENGINE_REASONS: tuple[tuple[str, str, Reason], ...] = (
     ("No matching TCB level", "tcb-level-match", Reason.TCB_LEVEL_NOT_FOUND),
+    ("Reserved bits", "dcap-qvl", Reason.MUST_BE_ZERO),
     ("TCB too old", "qe-identity-match", Reason.TCB_LEVEL_NOT_FOUND),
     ("QE MRSIGNER", "qe-identity-match", Reason.QE_IDENTITY_MISMATCH),
     ("QE ATTRIBUTES", "qe-identity-match", Reason.QE_IDENTITY_MISMATCH),
