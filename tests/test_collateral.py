@@ -1,0 +1,167 @@
+"""Collateral readers and the PCCS/cache getters (a real HTTP server on loopback, port 0)."""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ratls.errors import CollateralError, Reason, UsageError
+from ratls.evidence import Evidence, EvidenceType, VerifyOptions, verify_evidence
+from ratls.intel.collateral import Collateral, classify, parse_crl, parse_pem_chain, parse_signed_json
+from ratls.io.collateral import CHAIN_KEY, CacheDir, ChainGetter, PccsGetter
+from tests.vectors import read, ref_time
+
+GNR = "tdx/trustee-gnr-v4-tcbinfo"
+SPR = "tdx/gtg-spr-v4-collateral"
+
+
+class Pccs:
+    """A PCCS on loopback serving the GNR vector's TCB info and TD_QE identity."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        routes = {
+            "/tdx/certification/v4/tcb?fmspc=00A06D080000": (read(GNR, "tcbInfo.json"), "TCB-Info-Issuer-Chain"),
+            "/tdx/certification/v4/qe/identity": (read(GNR, "enclaveIdentity.json"), "SGX-Enclave-Identity-Issuer-Chain"),
+            "/sgx/certification/v4/rootcacrl": (read(SPR, "rootcrl.der").hex().encode(), None),
+        }
+        chain = urllib.parse.quote(read(SPR, "tcb_info_issuer_chain.pem").decode())
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.hits.append(self.path)
+                if self.path not in routes:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                body, hdr = routes[self.path]
+                self.send_response(200)
+                if hdr:
+                    self.send_header(hdr, chain)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def pccs():
+    p = Pccs()
+    yield p
+    p.close()
+
+
+def test_pccs_fetch_then_cache(pccs, tmp_path):
+    cache = CacheDir(tmp_path)
+    g = PccsGetter(pccs.url, cache)
+    ev = Evidence(EvidenceType.TDX, read(GNR, "tdx_quote_6.dat"))
+    v = verify_evidence(ev, VerifyOptions(now=ref_time(GNR), collateral=g))
+    assert v.verified, v.error
+    assert v.claims["tcb-status"] == "OutOfDate"
+    assert g.fetches >= 2
+    assert cache.get("tcbinfo/tdx/00a06d080000") == read(GNR, "tcbInfo.json")
+    assert parse_pem_chain(cache.get(CHAIN_KEY))[0].subject.rfc4514_string().endswith("CN=Intel SGX TCB Signing")
+    before = len(pccs.hits)
+    v2 = verify_evidence(ev, VerifyOptions(now=ref_time(GNR), collateral=g))
+    assert v2.verified and v2.claims["tcb-status"] == "OutOfDate"
+    again = pccs.hits[before:]
+    assert not any("/tcb?" in h or "/qe/identity" in h for h in again), f"cached entries fetched again: {again}"
+
+
+def test_cache_dir_alone_serves_offline(pccs, tmp_path):
+    PccsGetter(pccs.url, CacheDir(tmp_path)).get("tcbinfo/tdx/00a06d080000")
+    ev = Evidence(EvidenceType.TDX, read(GNR, "tdx_quote_6.dat"))
+    v = verify_evidence(ev, VerifyOptions(now=ref_time(GNR), collateral=CacheDir(tmp_path)))
+    assert v.verified and v.claims["tcb-status"] == "OutOfDate"
+
+
+def test_expired_cache_refetches_and_falls_back_when_down(pccs, tmp_path):
+    cache = CacheDir(tmp_path)
+    g = PccsGetter(pccs.url, cache, max_age_s=0)
+    key = "qeidentity/tdx"
+    assert g.get(key) == read(GNR, "enclaveIdentity.json")
+    n = len(pccs.hits)
+    assert g.get(key) is not None and len(pccs.hits) == n + 1, "max_age_s=0 refetches"
+    down = PccsGetter("http://127.0.0.1:9", cache, max_age_s=0, timeout=2)
+    assert down.get(key) == read(GNR, "enclaveIdentity.json"), "a failed fetch serves the older cached copy"
+    assert down.errors
+
+
+def test_pccs_404_and_hex_crl(pccs, tmp_path):
+    g = PccsGetter(pccs.url, CacheDir(tmp_path))
+    assert g.get("tcbinfo/sgx/00906ed50000") is None
+    assert "HTTP 404" in g.errors[-1]
+    crl = parse_crl(g.get("crl/root"))
+    assert "Root CA" in crl.issuer.rfc4514_string()
+    assert g.get("unknown/key") is None
+
+
+def test_bad_keys_and_urls(tmp_path):
+    for key in ("../etc/passwd", "/abs", "a//b", "A/B"):
+        with pytest.raises(UsageError):
+            CacheDir(tmp_path).get(key)
+    with pytest.raises(UsageError) as e:
+        PccsGetter("file:///etc")
+    assert e.value.reason is Reason.CONFIG_INVALID
+
+
+def test_chain_getter_order(tmp_path):
+    a, b = CacheDir(tmp_path / "a"), CacheDir(tmp_path / "b")
+    b.put("crl/root", b"B")
+    assert ChainGetter(a, b).get("crl/root") == b"B"
+    a.put("crl/root", b"A")
+    assert ChainGetter(a, b).get("crl/root") == b"A"
+
+
+def test_recognised_by_content():
+    col = Collateral()
+    kinds = [classify(read(SPR, f), col) for f in ("sample_tcbInfo_response.json", "sample_qeIdentity_response.json", "pckcrl.der", "rootcrl.der", "tcb_info_issuer_chain.pem")]
+    assert kinds == ["tcbInfo", "enclaveIdentity", "crl", "crl", "chain"]
+    assert col.complete and len(col.certs) == 2
+    assert classify(b"\x00garbage", col) == "unrecognised"
+    pem_crl = b"-----BEGIN X509 CRL-----\n" + __import__("base64").encodebytes(read(SPR, "rootcrl.der")) + b"-----END X509 CRL-----\n"
+    assert parse_crl(pem_crl).issuer == parse_crl(read(SPR, "rootcrl.der")).issuer
+
+
+def test_signed_bytes_are_the_served_bytes():
+    sj = parse_signed_json(read(SPR, "sample_tcbInfo_response.json"))
+    assert sj.signed.startswith(b'{"id":"TDX"') and sj.signed.endswith(b"}")
+    assert len(sj.signature) == 64
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400))
+def test_collateral_readers_raise_only_typed_errors(data):
+    for fn in (parse_signed_json, parse_crl, parse_pem_chain, lambda d: classify(d, Collateral())):
+        try:
+            fn(data)
+        except CollateralError:
+            pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=0, max_value=2400), st.integers(min_value=0, max_value=255))
+def test_mutated_tcb_info_raises_only_typed_errors(pos, byte):
+    raw = bytearray(read(SPR, "sample_tcbInfo_response.json"))
+    raw[pos % len(raw)] = byte
+    try:
+        parse_signed_json(bytes(raw))
+    except CollateralError:
+        pass
