@@ -1,0 +1,191 @@
+"""Results: one JSON per scenario, the goals of issue 6 with measured ratios, a markdown table, a chart.
+
+Pure except `write_*` (which take the output directory). A goal is evaluated against every scenario it
+names; a scenario that did not run shows as `not measured` with the reason, never as met.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Goal:
+    """`subject` in `scenario` reaches `target` × `baseline` (requests/s), or an RSS bound (MB)."""
+
+    text: str
+    scenario: str
+    subject: str
+    baseline: str | None
+    target: float
+    kind: str = "ratio"  # "ratio": rps(subject)/rps(baseline) >= target; "rss": peak MB <= target; "idle": after-idle delta MB <= target
+
+
+GOALS: tuple[Goal, ...] = (
+    Goal("sidecar ≥ 1.0× nginx, 1 KB, h1 c16", "tls-h1-1k-c16", "sidecar", "nginx", 1.0),
+    Goal("sidecar ≥ 1.0× nginx, 1 KB, h1 c64", "tls-h1-1k-c64", "sidecar", "nginx", 1.0),
+    Goal("sidecar ≥ 1.0× nginx, 1 KB, h2", "tls-h2-1k", "sidecar", "nginx", 1.0),
+    Goal("sidecar ≥ 0.9× nginx, 600 KB, h1 c16", "tls-h1-600k-c16", "sidecar", "nginx", 0.9),
+    Goal("sidecar ≥ 0.9× nginx, 600 KB, h1 c64", "tls-h1-600k-c64", "sidecar", "nginx", 0.9),
+    Goal("sidecar ≥ 0.9× nginx, 600 KB, h2", "tls-h2-600k", "sidecar", "nginx", 0.9),
+    Goal("pair ≥ 1.0× nginx forward chain, 1 KB c16", "pair-1k-c16", "pair", "nginx-chain", 1.0),
+    Goal("pair ≥ 1.0× nginx forward chain, 1 KB c64", "pair-1k-c64", "pair", "nginx-chain", 1.0),
+    Goal("pair ≥ 3× tinyproxy, 1 KB c16", "pair-1k-c16", "pair", "tinyproxy", 3.0),
+    Goal("pair ≥ 3× tinyproxy, 1 KB c64", "pair-1k-c64", "pair", "tinyproxy", 3.0),
+    Goal("gRPC 600 KB: pair ≥ 0.9× nginx grpc_pass", "grpc-600k", "pair", "nginx", 0.9),
+    Goal("Triton 602 KB: pair ≥ 0.85× direct", "triton-602k", "pair", "direct", 0.85),
+    Goal("cache-hit handshakes ≥ 0.8× nginx's", "handshakes", "sidecar-cache-hit", "nginx", 0.8),
+    Goal("sidecar < 80 MB RSS, 64 conns × 600 KB", "pair-600k-c64", "sidecar", None, 80.0, "rss"),
+    Goal("proxy < 80 MB RSS, 64 conns × 600 KB", "pair-600k-c64", "proxy", None, 80.0, "rss"),
+    Goal("sidecar back to idle RSS after load (≤ +10 MB)", "pair-600k-c64", "sidecar", None, 10.0, "idle"),
+    Goal("proxy back to idle RSS after load (≤ +10 MB)", "pair-600k-c64", "proxy", None, 10.0, "idle"),
+)
+
+
+def run_by_name(scenario: dict, name: str) -> dict | None:
+    return next((r for r in scenario.get("runs", []) if r["name"] == name and not r.get("error")), None)
+
+
+def evaluate(goal: Goal, scenarios: dict[str, dict]) -> dict:
+    """{goal, measured, met, margin, note}: margin is how far above (+) or below (-) the target, in %."""
+    sc = scenarios.get(goal.scenario)
+    out = {"goal": goal.text, "scenario": goal.scenario, "target": goal.target, "kind": goal.kind, "measured": None,
+           "met": None, "margin_pct": None, "note": ""}
+    if sc is None or sc.get("skipped"):
+        out["note"] = f"not measured: {(sc or {}).get('skipped', 'scenario did not run')}"
+        return out
+    if goal.kind == "ratio":
+        s, b = run_by_name(sc, goal.subject), run_by_name(sc, goal.baseline or "")
+        if not s or not b or not b["rps"]:
+            missing = [n for n, r in ((goal.subject, s), (goal.baseline, b)) if not r]
+            out["note"] = "not measured: " + ", ".join(f"{n} failed" for n in missing)
+            return out
+        ratio = s["rps"] / b["rps"]
+        out.update(measured=round(ratio, 3), met=ratio >= goal.target, margin_pct=round((ratio / goal.target - 1) * 100, 1))
+        return out
+    mem = sc.get("memory", {}).get(goal.subject)
+    if not mem:
+        out["note"] = f"not measured: no RSS samples of {goal.subject}"
+        return out
+    if goal.kind == "rss":
+        v = mem["peak_mb"]
+        out.update(measured=v, met=v <= goal.target, margin_pct=round((1 - v / goal.target) * 100, 1))
+    else:
+        v = round(mem["after_mb"] - mem["idle_mb"], 1)
+        out.update(measured=v, met=v <= goal.target, margin_pct=round(goal.target - v, 1))
+        out["note"] = f"idle {mem['idle_mb']} MB, peak {mem['peak_mb']} MB, after {mem['after_mb']} MB"
+    return out
+
+
+def _fmt(v, nd=1) -> str:
+    return "–" if v is None else f"{v:,.{nd}f}"
+
+
+def markdown(scenarios: dict[str, dict], goals: list[dict], meta: dict) -> str:
+    lines = ["# Benchmark results (bench/suite)", "",
+             f"- date: {meta['date']}", f"- machine: {meta['machine']}", f"- commit: `{meta['commit']}`",
+             f"- command: `{meta['command']}`", f"- per-subject load: {meta['duration_s']} s (+ warm-up), "
+             f"servers with {meta['workers']} worker(s) each; tools: {meta['tools']}", "",
+             "Ratios compare subjects measured one after the other in the same run with the same load generator and",
+             "the same backend (nginx serving 1 KB / sinking POSTs). On a 2-core machine shared with the load generator",
+             "and the backend, absolute numbers are noisy; the ratios are what the goals are about.", "",
+             "## Goals", "", "| goal | measured | target | result |", "|---|---|---|---|"]
+    for g in goals:
+        unit = "×" if g["kind"] == "ratio" else " MB"
+        if g["met"] is None:
+            res = g["note"]
+        else:
+            word = "met" if g["met"] else "**missed**"
+            by = f"{abs(g['margin_pct'])}{'%' if g['kind'] != 'idle' else ' MB'}"
+            res = f"{word} ({'+' if g['met'] else '-'}{by})" + (f"; {g['note']}" if g["note"] else "")
+        lines.append(f"| {g['goal']} | {_fmt(g['measured'], 2 if g['kind'] == 'ratio' else 1)}{unit if g['measured'] is not None else ''} "
+                     f"| {g['target']}{unit} | {res} |")
+    lines += ["", "## Scenarios", ""]
+    for sid, sc in scenarios.items():
+        lines.append(f"### {sid}: {sc['title']}")
+        lines.append("")
+        if sc.get("skipped"):
+            lines += [f"skipped: {sc['skipped']}", ""]
+            continue
+        lines += ["| subject | req/s | p50 ms | p99 ms | CPU ms/req | errors | ratio to baselines |", "|---|---|---|---|---|---|---|"]
+        for r in sc["runs"]:
+            if r.get("error"):
+                lines.append(f"| {r['name']} | failed: {r['error'][:120].replace('|', '/').splitlines()[0]} | | | | | |")
+                continue
+            ratios = ", ".join(f"{k} {v:.2f}×" for k, v in r.get("ratios", {}).items())
+            lines.append(f"| {r['name']} | {_fmt(r['rps'])} | {_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | "
+                         f"{_fmt(r['cpu_ms_per_req'], 3)} | {r['errors']} | {ratios} |")
+        if sc.get("memory"):
+            lines.append("")
+            lines.append("RSS (MB): " + "; ".join(f"{k}: idle {m['idle_mb']}, peak {m['peak_mb']}, after {m['after_mb']}"
+                                                 for k, m in sc["memory"].items()))
+        if sc.get("notes"):
+            lines += ["", sc["notes"]]
+        lines.append("")
+    if meta.get("skips"):
+        lines += ["## Not run", ""] + [f"- {k}: {v}" for k, v in meta["skips"].items()] + [""]
+    if meta.get("notes"):
+        lines += ["## Notes", "", meta["notes"], ""]
+    return "\n".join(lines)
+
+
+def add_ratios(scenario: dict) -> None:
+    """Each subject's requests/s over each baseline's, in the same scenario."""
+    runs = [r for r in scenario.get("runs", []) if not r.get("error")]
+    baselines = [r for r in runs if r["role"] == "baseline" and r["rps"]]
+    for r in runs:
+        if r["role"] == "subject":
+            r["ratios"] = {b["name"]: round(r["rps"] / b["rps"], 3) for b in baselines}
+
+
+def write_json(out: Path, scenarios: dict[str, dict], goals: list[dict], meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for sid, sc in scenarios.items():
+        (out / f"suite-{sid}.json").write_text(json.dumps({"meta": meta, **sc}, indent=2) + "\n")
+    (out / "suite-summary.json").write_text(json.dumps({"meta": meta, "goals": goals}, indent=2) + "\n")
+
+
+def write_chart(out: Path, scenarios: dict[str, dict], goals: list[dict]) -> Path | None:
+    """Left: requests/s per scenario and subject; right: each goal's measured/target."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ran = {k: v for k, v in scenarios.items() if not v.get("skipped") and any(not r.get("error") for r in v["runs"])}
+    if not ran:
+        return None
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(16, max(5, 0.55 * len(ran) + 2)), gridspec_kw={"width_ratios": [3, 2]})
+    names = sorted({r["name"] for sc in ran.values() for r in sc["runs"]})
+    colors = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+    h = 0.8 / max(1, max(len(sc["runs"]) for sc in ran.values()))
+    for i, (_sid, sc) in enumerate(ran.items()):
+        top = max((r["rps"] for r in sc["runs"] if not r.get("error")), default=1) or 1
+        for j, r in enumerate(sc["runs"]):
+            if r.get("error"):
+                continue
+            ax.barh(i + j * h, r["rps"] / top, h, color=colors[r["name"]], label=r["name"])
+            ax.text(r["rps"] / top + 0.01, i + j * h, f"{r['rps']:,.0f}", va="center", fontsize=6)
+    ax.set_yticks([i + 0.4 - h / 2 for i in range(len(ran))], list(ran), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("requests/s, relative to the fastest subject of the scenario (labels: absolute)")
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles, strict=False))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="lower right")
+    measured = [g for g in goals if g["measured"] is not None]
+    vals = [(g["measured"] / g["target"]) if g["kind"] == "ratio" else (g["target"] / max(g["measured"], 0.1) if g["kind"] == "rss" else
+            (1.0 if g["met"] else 0.5)) for g in measured]
+    ax2.barh(range(len(measured)), vals, color=["tab:green" if g["met"] else "tab:red" for g in measured])
+    ax2.axvline(1.0, color="k", lw=0.8)
+    ax2.set_yticks(range(len(measured)), [g["goal"] for g in measured], fontsize=7)
+    ax2.invert_yaxis()
+    ax2.set_xlabel("measured / goal (≥ 1 = met)")
+    fig.tight_layout()
+    path = out / "suite.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

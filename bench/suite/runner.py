@@ -1,0 +1,408 @@
+"""The scenarios of issue 6 and the command that runs them all (see bench/README.md).
+
+Each scenario starts what it needs (or reuses what an earlier one started), measures its subject and
+baselines one after the other under the same load, and records requests/s, p50/p99, CPU per request
+(utime+stime of the measured servers' process trees over the run) and, where asked, RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import platform
+import subprocess
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from . import configs, report
+from .env import REPO, Env, triton_body
+from .loadgen import GRPC_HEADERS, GRPC_PATH, LoadResult, run_client, run_h2load, run_wrk
+from .procs import CLK_TCK, RssSampler, Server, free_port
+
+Load = Callable[[float], LoadResult]
+
+
+class Suite:
+    def __init__(self, env: Env, duration: float, warmup: float, only: set[str] | None, h2_streams: int = 4):
+        self.env, self.duration, self.warmup, self.only = env, duration, warmup, only
+        self.h2_streams = h2_streams
+        self.scenarios: dict[str, dict] = {}
+        self._started: dict[str, Server | Exception] = {}
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def want(self, sid: str) -> bool:
+        return not self.only or any(sid.startswith(o) for o in self.only)
+
+    def server(self, key: str, factory: Callable[[], Server]) -> Server:
+        """Start once, reuse after; a failure to start is remembered and re-raised for every user."""
+        got = self._started.get(key)
+        if got is None:
+            try:
+                got = factory()
+            except Exception as e:
+                got = e
+            self._started[key] = got
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def measure(self, name: str, role: str, servers: Callable[[], list[Server]], load: Callable[[], Load],
+                warm: bool = True) -> dict:
+        """One subject: start its servers, warm up, then load with CPU accounting."""
+        try:
+            srv = servers()
+            fn = load()
+            if warm and self.warmup:
+                fn(self.warmup)
+            before = sum(s.cpu_ticks() for s in srv)
+            t0 = time.monotonic()
+            res = fn(self.duration)
+            wall = time.monotonic() - t0
+            cpu_s = (sum(s.cpu_ticks() for s in srv) - before) / CLK_TCK
+            if res.requests == 0:
+                raise RuntimeError(f"no successful request ({res.errors} errors)")
+            d = res.to_dict()
+            # CPU seconds per wall second over requests per second: the tools' internal warm-up counts evenly.
+            d["cpu_ms_per_req"] = round(cpu_s / wall / res.rps * 1000, 4) if res.rps else None
+            d["cpu_cores"] = round(cpu_s / wall, 2)
+            return {"name": name, "role": role, **d}
+        except Exception as e:
+            return {"name": name, "role": role, "error": f"{type(e).__name__}: {e}", "rps": 0}
+
+    def record(self, sid: str, title: str, runs: list[dict], params: dict, **extra) -> None:
+        sc = {"id": sid, "title": title, "params": params, "runs": runs, **extra}
+        report.add_ratios(sc)
+        self.scenarios[sid] = sc
+        line = "  ".join(f"{r['name']}={'ERR' if r.get('error') else format(r['rps'], ',.0f')}" for r in runs)
+        print(f"[bench] {sid}: {line}", flush=True)
+        for r in runs:
+            if r.get("error"):
+                print(f"[bench]   {r['name']}: {r['error'][:300]}", flush=True)
+
+    def skip(self, sid: str, title: str, why: str) -> None:
+        self.scenarios[sid] = {"id": sid, "title": title, "skipped": why, "runs": []}
+        print(f"[bench] {sid}: skipped: {why}", flush=True)
+
+    def need(self, *tools: str) -> str | None:
+        missing = [t for t in tools if not self.env.tools.get(t)]
+        return f"not installed: {', '.join(missing)}" if missing else None
+
+    # -- servers ----------------------------------------------------------------------------------
+    def sidecar(self) -> Server:
+        return self.server("sidecar", lambda: self.env.start_sidecar())
+
+    def nginx_tls(self) -> Server:
+        return self.server("nginx-tls", lambda: self.env.start_nginx_tls())
+
+    def haproxy(self) -> Server:
+        return self.server("haproxy", lambda: self.env.start_haproxy())
+
+    def nginx_fwd(self) -> Server:
+        return self.server("nginx-fwd", lambda: self.env.start_nginx_forward(self.nginx_tls().ports["h1"]))
+
+    def proxy(self) -> Server:
+        def make() -> Server:
+            sc = self.sidecar()
+            self.grpc_map_port = free_port()
+            return self.env.start_proxy({"bench-http:80": sc.ports["tls"], "bench-grpc:50051": sc.ports["tls"]},
+                                        {self.grpc_map_port: "bench-grpc:50051"})
+        return self.server("proxy", make)
+
+    # -- scenarios --------------------------------------------------------------------------------
+    def wrk(self, url: str, script: str, name: str, conns: int) -> Load:
+        return lambda d: run_wrk(url, script, self.env.work, name, conns, d)
+
+    def tls_h1(self) -> None:
+        for size in ("1k", "600k"):
+            for conns in (16, 64):
+                sid = f"tls-h1-{size}-c{conns}"
+                if not self.want(sid):
+                    continue
+                title = f"TLS termination + relay, HTTP/1.1, {'1 KB GET' if size == '1k' else '600 KB POST'}, {conns} connections"
+                if why := self.need("wrk", "nginx"):
+                    self.skip(sid, title, why)
+                    continue
+                if size == "1k":
+                    script = configs.wrk_script("/1k")
+                else:
+                    script = configs.wrk_script("/upload", method="POST", body_file=self.env.bodies["600k"],
+                                                headers={"Content-Type": "application/octet-stream"})
+                runs = []
+                for name, role, srv in (("sidecar", "subject", self.sidecar), ("nginx", "baseline", self.nginx_tls),
+                                        ("haproxy", "baseline", self.haproxy)):
+                    if name == "haproxy" and not self.env.tools["haproxy"]:
+                        continue
+                    def port(srv=srv):
+                        return (srv().ports["tls" if "tls" in srv().ports else "h1"])
+                    runs.append(self.measure(name, role, lambda srv=srv: [srv()],
+                                             lambda port=port, name=name: self.wrk(f"https://127.0.0.1:{port()}", script, f"{sid}-{name}", conns)))
+                mem = None
+                self.record(sid, title, runs, {"connections": conns, "size": size, "tool": "wrk"}, memory=mem)
+
+    def tls_h2(self) -> None:
+        for size in ("1k", "600k"):
+            sid = f"tls-h2-{size}"
+            if not self.want(sid):
+                continue
+            # POST even at 1 KB: nginx grpc_pass stalls a bodiless GET ~40 ms (Nagle + delayed ACK), which would flatter the sidecar.
+            title = f"TLS termination + relay, HTTP/2 (ALPN h2 → h2c backend), {size.upper()}B POST, 16 conns × {self.h2_streams} streams"
+            if why := self.need("h2load", "nginx"):
+                self.skip(sid, title, why)
+                continue
+            body = self.env.bodies[size]
+            path = "/upload"
+            runs = []
+            for name, role, srv in (("sidecar", "subject", self.sidecar), ("nginx", "baseline", self.nginx_tls),
+                                    ("haproxy", "baseline", self.haproxy)):
+                if name == "haproxy" and not self.env.tools["haproxy"]:
+                    continue
+                def port(srv=srv):
+                    return (srv().ports["tls" if "tls" in srv().ports else "h2"])
+                runs.append(self.measure(name, role, lambda srv=srv: [srv()], lambda port=port, name=name: (
+                    lambda d: run_h2load(f"https://127.0.0.1:{port()}{path}", self.env.work, f"{sid}-{name}", 16, self.h2_streams, d,
+                                         body_file=body)), warm=False))
+            self.record(sid, title, runs, {"connections": 16, "streams": self.h2_streams, "size": size, "tool": "h2load"})
+
+    def pair(self) -> None:
+        for size in ("1k", "600k"):
+            for conns in (16, 64):
+                sid = f"pair-{size}-c{conns}"
+                if not self.want(sid):
+                    continue
+                title = (f"whole pair (proxy → TLS → sidecar) vs nginx forward → TLS → nginx vs tinyproxy (no TLS), "
+                         f"HTTP/1.1 absolute-form, {'1 KB GET' if size == '1k' else '600 KB POST'}, {conns} connections")
+                if why := self.need("wrk", "nginx"):
+                    self.skip(sid, title, why)
+                    continue
+                kw = {} if size == "1k" else {"method": "POST", "body_file": self.env.bodies["600k"],
+                                              "headers": {"Content-Type": "application/octet-stream"}}
+                path = "/1k" if size == "1k" else "/upload"
+                be = f"127.0.0.1:{self.env.be_http}"
+                subjects = [
+                    ("pair", "subject", lambda: [self.proxy(), self.sidecar()], lambda: self.proxy().ports["http"], f"http://bench-http{path}", "bench-http"),
+                    ("nginx-chain", "baseline", lambda: [self.nginx_fwd(), self.nginx_tls()], lambda: self.nginx_fwd().ports["http"],
+                     f"http://{be}{path}", be),
+                ]
+                if self.env.tools["tinyproxy"]:
+                    subjects.append(("tinyproxy", "baseline", lambda: [self.server("tinyproxy", self.env.start_tinyproxy)],
+                                     lambda: self.server("tinyproxy", self.env.start_tinyproxy).ports["http"], f"http://{be}{path}", be))
+                runs = []
+                memory = {}
+                for name, role, srvs, port, url, host in subjects:
+                    script = configs.wrk_script(url, host=host, **kw)
+                    if name == "pair" and size == "600k" and conns == 64:
+                        runs.append(self._with_memory(name, role, srvs, port, script, sid, conns, memory))
+                    else:
+                        runs.append(self.measure(name, role, srvs, lambda port=port, script=script, name=name:
+                                                 self.wrk(f"http://127.0.0.1:{port()}", script, f"{sid}-{name}", conns)))
+                self.record(sid, title, runs, {"connections": conns, "size": size, "tool": "wrk"}, memory=memory or None)
+
+    def _with_memory(self, name, role, srvs, port, script, sid, conns, memory) -> dict:
+        """The pair at 64 × 600 KB with RSS sampled: idle before, peak during, idle 3 s after."""
+        try:
+            servers = srvs()
+        except Exception as e:
+            return {"name": name, "role": role, "error": f"{type(e).__name__}: {e}", "rps": 0}
+        idle = {s.name: s.rss_bytes() for s in servers}
+        with RssSampler(servers) as sampler:
+            r = self.measure(name, role, lambda: servers, lambda: self.wrk(f"http://127.0.0.1:{port()}", script, f"{sid}-{name}", conns))
+        time.sleep(3)
+        for s in servers:
+            memory[s.name] = {"idle_mb": round(idle[s.name] / 2**20, 1), "peak_mb": round(sampler.peak[s.name] / 2**20, 1),
+                              "after_mb": round(s.rss_bytes() / 2**20, 1)}
+        return r
+
+    def grpc(self) -> None:
+        for size in ("1k", "600k"):
+            sid = f"grpc-{size}"
+            if not self.want(sid):
+                continue
+            n = 1024 if size == "1k" else 600 * 1024
+            title = (f"gRPC unary {size.upper()}B (grpcio client, 4 channels × 16 calls): pair via CONNECT (h2c in the tunnel) "
+                     "vs nginx grpc_pass with TLS; h2load variants where the proxy has a port map")
+            if why := self.need("nginx"):
+                self.skip(sid, title, why)
+                continue
+            common = ["--size", str(n), "--duration", str(self.duration), "--warmup", "1", "--channels", "4", "--concurrency", "16"]
+            to = self.duration + 60
+            runs = [
+                self.measure("pair", "subject", lambda: [self.proxy(), self.sidecar()], lambda: (
+                    lambda d: run_client(["grpc", "--target", "bench-grpc:50051", "--proxy", f"http://127.0.0.1:{self.proxy().ports['http']}",
+                                          *common], to)), warm=False),
+                self.measure("nginx", "baseline", lambda: [self.server("nginx-grpc", self.env.start_nginx_grpc)], lambda: (
+                    lambda d: run_client(["grpc", "--target", f"127.0.0.1:{self.server('nginx-grpc', self.env.start_nginx_grpc).ports['h2']}",
+                                          "--ca", str(self.env.tls["ca"]), *common], to)), warm=False),
+            ]
+            if self.env.tools["h2load"]:
+                body = self.env.bodies[f"grpc-{size}"]
+                runs.append(self.measure("pair-h2load-map", "subject", lambda: [self.proxy(), self.sidecar()], lambda: (
+                    lambda d: run_h2load(f"http://127.0.0.1:{self.grpc_map_port}{GRPC_PATH}", self.env.work, f"{sid}-pair-map", 16, 4, d,
+                                         body_file=body, headers=GRPC_HEADERS)), warm=False))
+                runs.append(self.measure("nginx-h2load", "baseline", lambda: [self.server("nginx-grpc", self.env.start_nginx_grpc)], lambda: (
+                    lambda d: run_h2load(f"https://127.0.0.1:{self.server('nginx-grpc', self.env.start_nginx_grpc).ports['h2']}{GRPC_PATH}",
+                                         self.env.work, f"{sid}-nginx-h2load", 16, 4, d, body_file=body, headers=GRPC_HEADERS)), warm=False))
+            self.record(sid, title, runs, {"size": n}, notes=(
+                "`pair`/`nginx` use the same grpcio client (the goal's ratio); `pair-h2load-map`/`nginx-h2load` drive "
+                "the proxy's port-mapping listener (h2c) and nginx (TLS h2) with h2load and gRPC-framed bodies, a faster client."))
+
+    def triton(self) -> None:
+        sid = "triton-602k"
+        if not self.want(sid):
+            return
+        title = "real Triton (nvidia-pytriton), KServe v2 binary tensor 602 KB in (mean_fp32), 16 connections: direct / pair / nginx chain"
+        if why := self.need("wrk", "nginx"):
+            self.skip(sid, title, why)
+            return
+        try:
+            from client.backends.triton_digits import TritonDigits
+        except Exception as e:
+            self.skip(sid, title, f"client.backends.triton_digits not importable: {e}")
+            return
+        body, hlen = triton_body(self.env.work)
+        tport = free_port()
+        triton = TritonDigits(tport, free_port(), free_port(), log_path=self.env.work / "triton.log")
+        try:
+            triton.start()
+            triton.wait_ready(180)
+        except Exception as e:
+            triton.stop()
+            self.skip(sid, title, f"Triton did not start: {str(e)[:300]}")
+            return
+        try:
+            path = "/v2/models/mean_fp32/infer"
+            hdr = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(hlen)}
+            tb = f"127.0.0.1:{tport}"
+            sidecar = lambda: self.server("sidecar-triton", lambda: self.env.start_sidecar("sidecar-triton", http_backend=tport))  # noqa: E731
+            proxy = lambda: self.server("proxy-triton", lambda: self.env.start_proxy({"bench-triton:8000": sidecar().ports["tls"]},  # noqa: E731
+                                                                                     name="proxy-triton"))
+            ntls = lambda: self.server("nginx-tls-triton", lambda: self.env.start_nginx_tls("nginx-tls-triton", http_backend=tport))  # noqa: E731
+            nfwd = lambda: self.server("nginx-fwd-triton", lambda: self.env.start_nginx_forward(ntls().ports["h1"], "nginx-fwd-triton"))  # noqa: E731
+            runs = [
+                self.measure("direct", "baseline", lambda: [], lambda: self.wrk(
+                    f"http://{tb}", configs.wrk_script(path, method="POST", body_file=body, headers=hdr), f"{sid}-direct", 16)),
+                self.measure("pair", "subject", lambda: [proxy(), sidecar()], lambda: self.wrk(
+                    f"http://127.0.0.1:{proxy().ports['http']}", configs.wrk_script(f"http://bench-triton:8000{path}", host="bench-triton:8000",
+                                                                                   method="POST", body_file=body, headers=hdr), f"{sid}-pair", 16)),
+                self.measure("nginx-chain", "baseline", lambda: [nfwd(), ntls()], lambda: self.wrk(
+                    f"http://127.0.0.1:{nfwd().ports['http']}", configs.wrk_script(f"http://{tb}{path}", host=tb, method="POST",
+                                                                                  body_file=body, headers=hdr), f"{sid}-nginx-chain", 16)),
+            ]
+            self.record(sid, title, runs, {"connections": 16, "bytes": body.stat().st_size})
+        finally:
+            for k in ("proxy-triton", "sidecar-triton", "nginx-fwd-triton", "nginx-tls-triton"):
+                s = self._started.pop(k, None)
+                if isinstance(s, Server):
+                    self.env.stop(s)
+            triton.stop()
+
+    def handshakes(self) -> None:
+        sid = "handshakes"
+        if not self.want(sid):
+            return
+        title = ("new TLS connections/s, 8 concurrent (Python asyncio client): full attested (every certificate verified from its "
+                 "evidence), cache-hit (verdict looked up by certificate hash), nginx TLS 1.3 (P-256)")
+        if why := self.need("nginx"):
+            self.skip(sid, title, why)
+            return
+        to = self.duration + 60
+        common = ["--duration", str(self.duration), "--warmup", "1", "--concurrency", "8"]
+
+        def ratls_args(mode: str) -> list[str]:
+            return ["handshake", "--port", str(self.sidecar().ports["tls"]), "--mode", mode, "--policy", str(self.env.policy_file()),
+                    "--sim-dir", str(self.env.sim_dir), *common]
+
+        runs = [
+            self.measure("sidecar-full-attested", "subject", lambda: [self.sidecar()], lambda: (lambda d: run_client(ratls_args("verify"), to)),
+                         warm=False),
+            self.measure("sidecar-cache-hit", "subject", lambda: [self.sidecar()], lambda: (lambda d: run_client(ratls_args("cache"), to)),
+                         warm=False),
+            self.measure("nginx", "baseline", lambda: [self.nginx_tls()], lambda: (lambda d: run_client(
+                ["handshake", "--port", str(self.nginx_tls().ports["h1"]), "--mode", "plain", "--ca", str(self.env.tls["ca"]), *common], to)),
+                warm=False),
+        ]
+        self.record(sid, title, runs, {"concurrency": 8}, notes=(
+            "CPU ms/req counts the server only (sidecar or nginx); the client-side verification runs in the load client's process."))
+
+    def run_all(self) -> None:
+        self.env.start_backend()
+        for step in (self.tls_h1, self.tls_h2, self.pair, self.grpc, self.handshakes, self.triton):
+            try:
+                step()
+            except Exception:
+                print(f"[bench] {step.__name__} crashed:\n{traceback.format_exc()}", flush=True)
+        for k, v in self._started.items():
+            if isinstance(v, Exception):
+                self.env.skips[k] = f"{type(v).__name__}: {str(v)[:400]}"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    import os
+
+    return f"{os.cpu_count()} cores ({model}), {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def commit() -> str:
+    try:
+        h = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "proxy", "sidecar", "ratls", "bench/suite"],
+                               capture_output=True, text=True, cwd=REPO).stdout.strip()
+        return h + (" (+ uncommitted changes)" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def tool_versions(env: Env) -> str:
+    out = []
+    for t, args in (("nginx", ["-v"]), ("haproxy", ["-v"]), ("tinyproxy", ["-v"]), ("wrk", ["-v"]), ("h2load", ["--version"])):
+        if not env.tools.get(t):
+            out.append(f"{t} missing")
+            continue
+        p = subprocess.run([env.tools[t], *args], capture_output=True, text=True)
+        first = ((p.stdout or "") + (p.stderr or "")).strip().splitlines()
+        out.append(first[0][:60] if first else t)
+    return "; ".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench/run.py", description="ratls benchmark suite (issue 6): subject and baselines in one run")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of measured load per subject (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up load before each wrk measurement")
+    p.add_argument("--workers", type=int, default=1, help="workers for every server under test (nginx, HAProxy, sidecar, proxy)")
+    p.add_argument("--only", action="append", help="run scenarios whose id starts with this (repeatable)")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--work", type=Path, help="keep configs and logs here (default: a temp dir, removed)")
+    p.add_argument("--notes", type=Path, help="markdown appended to the results README under Notes")
+    a = p.parse_args(argv)
+    work = a.work or Path(tempfile.mkdtemp(prefix="ratls-bench-"))
+    env = Env(work, workers=a.workers)
+    suite = Suite(env, a.duration, a.warmup, set(a.only) if a.only else None)
+    try:
+        suite.run_all()
+    finally:
+        env.stop_all()
+    goals = [report.evaluate(g, suite.scenarios) for g in report.GOALS if suite.want(g.scenario)]
+    meta = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "commit": commit(),
+            "command": "python bench/run.py " + " ".join(argv or []), "duration_s": a.duration, "workers": a.workers,
+            "tools": tool_versions(env), "skips": env.skips,
+            "notes": a.notes.read_text() if a.notes and a.notes.exists() else ""}
+    report.write_json(a.out, suite.scenarios, goals, meta)
+    (a.out / "README.md").write_text(report.markdown(suite.scenarios, goals, meta))
+    chart = report.write_chart(a.out, suite.scenarios, goals)
+    print(f"[bench] wrote {a.out}/README.md, suite-*.json{', ' + str(chart) if chart else ' (no chart: matplotlib missing)'}")
+    for g in goals:
+        print(f"[bench] goal {g['goal']}: {g['measured']} ({'met' if g['met'] else 'MISSED' if g['met'] is False else g['note']})")
+    if not a.work:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
