@@ -1,0 +1,111 @@
+"""Gramine RA-TLS interop: legacy extension parsing, binding refusal, Gramine's rules as a policy."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
+
+from ratls.errors import ParseError, Reason, UsageError
+from ratls.evidence import Evidence, EvidenceType, VerifyOptions, verify_evidence
+from ratls.intel.gramine import GRAMINE_LEGACY_OID, gramine_policy, legacy_binding_ok, legacy_report_data, sgx_quote_report_data
+from tests.vectors import read, ref_time
+
+OCC = "sgx/trustee-occlum-icx-v3"
+MOB = "sgx/mobilecoin-cfl-v3-collateral"
+MOB_COLLATERAL = ("tcb_info_fmspc_00906ED50000_2023_07_12.json", "qe_identity.json", "root_crl.der", "processor_crl.der", "tcb_signer.pem")
+
+
+def legacy_cert(quote: bytes, now, key=None) -> tuple[bytes, bytes]:
+    """A self-signed certificate as Gramine's ra_tls_create_key_and_crt_der builds it."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "RATLS")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(GRAMINE_LEGACY_OID), quote), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.DER), key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_binding_helper():
+    spki = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    rd = legacy_report_data(spki)
+    assert len(rd) == 64 and rd[:32] == hashlib.sha256(spki).digest()
+    assert legacy_binding_ok(rd, spki)
+    assert not legacy_binding_ok(rd, spki + b"\x00")
+    assert not legacy_binding_ok(rd[:31], spki)
+
+
+@pytest.mark.parametrize(("name", "file"), [(OCC, "occlum_quote.dat"), (MOB, "hw_quote.dat")])
+def test_real_quote_in_legacy_cert_binding_refused(name, file):
+    quote = read(name, file)
+    der, spki = legacy_cert(quote, ref_time(name))
+    cert = x509.load_der_x509_certificate(der)
+    carried = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(GRAMINE_LEGACY_OID)).value.value
+    assert carried == quote
+    rd = sgx_quote_report_data(carried)
+    assert rd == read(name, file)[368:432]  # header 48 + REPORT_DATA at 320
+    assert not legacy_binding_ok(rd, spki), "a key whose SPKI hash is not in the quote must not bind"
+
+
+def test_legacy_cert_end_to_end_refused_at_binding():
+    """Through ratls.certificate: the quote verifies, then the report-data binding refuses it."""
+    cert_mod = pytest.importorskip("ratls.certificate")
+    quote = read(MOB, "hw_quote.dat")
+    der, _ = legacy_cert(quote, ref_time(MOB))
+    verdict = cert_mod.verify_certificate(der, VerifyOptions(now=ref_time(MOB)), None)
+    assert verdict.error is not None
+    assert verdict.error.reason is Reason.KEY_BINDING
+    assert any(s.name == "quote-signature" and s.ok for s in verdict.steps), "the quote itself verified"
+
+
+def test_tdx_quote_is_not_a_gramine_quote():
+    with pytest.raises(ParseError) as e:
+        sgx_quote_report_data(read("tdx/trustee-gnr-v4-tcbinfo", "tdx_quote_6.dat"))
+    assert e.value.reason is Reason.UNSUPPORTED_EVIDENCE
+
+
+def _claims(name, file, files=()):
+    v = verify_evidence(Evidence(EvidenceType.SGX, read(name, file), tuple(read(name, f) for f in files)), VerifyOptions(now=ref_time(name)))
+    assert v.verified, v.error
+    return {**v.claims, "evidence-age-seconds": 0}
+
+
+def test_gramine_rules_on_real_enclave():
+    c = _claims(MOB, "hw_quote.dat", MOB_COLLATERAL)
+    mrsigner = c["x-ms-sgx-mrsigner"]
+    ok = gramine_policy(mrsigner=mrsigner, isv_prod_id=0, isv_svn=0, tcb_statuses=["SWHardeningNeeded"])
+    assert ok.evaluate(c).ok
+    assert not gramine_policy(mrsigner=mrsigner, isv_prod_id=0, isv_svn=1, tcb_statuses=["SWHardeningNeeded"]).evaluate(c).ok
+    assert not gramine_policy(mrsigner=mrsigner, isv_prod_id=1, tcb_statuses=["SWHardeningNeeded"]).evaluate(c).ok
+    assert not gramine_policy(mrenclave="00" * 32, tcb_statuses=["SWHardeningNeeded"]).evaluate(c).ok
+    # without admitting SWHardeningNeeded, the status refuses it as Gramine does by default
+    failed = gramine_policy(mrsigner=mrsigner).evaluate(c).failed
+    assert [r.claim for r in failed] == ["tcb-status"]
+
+
+def test_gramine_rules_refuse_debug_enclave_unless_allowed():
+    c = _claims(OCC, "occlum_quote.dat")
+    pol = gramine_policy(mrenclave=c["x-ms-sgx-mrenclave"], tcb_statuses=["Unknown"])
+    assert [r.claim for r in pol.evaluate(c).failed] == ["x-ms-sgx-is-debuggable"]
+    assert gramine_policy(mrenclave=c["x-ms-sgx-mrenclave"], tcb_statuses=["Unknown"], allow_debug=True).evaluate(c).ok
+
+
+def test_gramine_rules_need_an_identity():
+    with pytest.raises(UsageError):
+        gramine_policy(isv_prod_id=1)
+    with pytest.raises(UsageError):
+        gramine_policy(mrenclave="abcd")
