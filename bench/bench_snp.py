@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):  # interleaved rounds: background load hits every line alike
         for k, fn in fns.items():
             samples[k].append(rate(fn, args.seconds if k not in ("cached", "parse_report", "parse_vcek") else args.seconds / 2))
-    med = {k: statistics.median(v) for k, v in samples.items()}
+    # Best of the interleaved rounds: other work on a shared machine only ever slows a line down.
+    med = {k: max(v) for k, v in samples.items()}
+    medians = {k: round(statistics.median(v), 1) for k, v in samples.items()}
 
     result = {
         "vector": VECTOR,
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "rounds": args.rounds,
         "per_second": {k: round(v, 1) for k, v in med.items()},
+        "per_second_median": medians,
         "microseconds": {k: round(1e6 / v, 2) for k, v in med.items()},
         "ratio_full_to_floor": round(med["floor"] / med["full"], 3),
         "ratio_cold_to_floor_cold": round(med["floor_cold"] / med["cold"], 3),
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "# SEV-SNP verification benchmark",
         "",
         f"Vector `{VECTOR}` (Milan, report v2, VCEK), Python {result['python']}, cryptography {result['cryptography']}, "
-        f"median of {args.rounds} interleaved rounds. Produced by `bench/bench_snp.py`.",
+        f"best of {args.rounds} interleaved rounds (medians in snp.json). Produced by `bench/bench_snp.py`.",
         "",
         "| what | per second | µs each |",
         "| --- | ---: | ---: |",
