@@ -380,3 +380,25 @@ def test_vlek_out_of_date_tcb_needs_policy_naming_it():
     assert v.claims[C.TCB_STATUS] == "OutOfDate"  # reported ucode 217 < committed 219
     assert [r.claim for r in Policy.from_mapping({"x-ms-attestation-type": "sevsnpvm"}).evaluate(v.claims).failed] == ["tcb-status"]
     assert Policy.from_mapping({"x-ms-attestation-type": "sevsnpvm", "tcb-status": ["UpToDate", "OutOfDate"]}).evaluate(v.claims).ok
+
+
+def test_confidential_ai_sample_policy_text():
+    """The client policy of Azure's confidential-ai sample, verbatim but for the hostdata value.
+
+    ``x-ms-compliance-status`` is an appraisal Azure Attestation adds (Microsoft-signed UVM); raw
+    SNP evidence cannot vouch for it, so that rule fails by name as a missing claim, and the rest
+    of the template passes unchanged.
+    """
+    name = "snp/virtee-milan-v2"
+    v = verify(evidence_of(name), ref_time(name))
+    text = """{
+      "x-ms-attestation-type": "sevsnpvm",
+      "x-ms-compliance-status": "azure-compliant-uvm",
+      "x-ms-sevsnpvm-bootloader-svn": 3,
+      "x-ms-sevsnpvm-hostdata": "%s",
+      "x-ms-sevsnpvm-is-debuggable": false
+    }""" % ("00" * 32)
+    res = parse_policy(text).evaluate(v.claims)
+    assert [(r.claim, r.note) for r in res.failed] == [("x-ms-compliance-status", "claim missing from evidence")]
+    without = parse_policy(text.replace('"x-ms-compliance-status": "azure-compliant-uvm",', ""))
+    assert without.evaluate(v.claims).ok

@@ -225,11 +225,12 @@ class Cert:
     @cached_property
     def public_key(self):  # type: ignore[no-untyped-def]
         """The subject public key as a ``cryptography`` key object (loaded once per parsed cert)."""
+        from cryptography.exceptions import UnsupportedAlgorithm
         from cryptography.hazmat.primitives.serialization import load_der_public_key
 
         try:
             return load_der_public_key(self.spki)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:
             raise ParseError(Reason.BAD_ENCODING, f"certificate {self.subject_cn!r}: unusable public key: {e}") from e
 
     @property
