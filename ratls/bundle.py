@@ -472,7 +472,10 @@ class BundleWriter:
         self._paths: set[str] = set()
         self._offset = HEADER_LEN
         self._threaded = threaded
+        # plaintext double buffer (chunk i is hashed on the worker while chunk i+1 is read) and one
+        # sealed buffer: encrypt_into avoids a fresh 1 MiB allocation per chunk
         self._bufs = (bytearray(chunk_size), bytearray(chunk_size))
+        self._sealed = bytearray(chunk_size + TAG_LEN)
         out.write(self._header_raw)
 
     def add_file(self, path: str, src: BinaryIO, size: int, mode: int = 0o644) -> FileEntry:
@@ -494,7 +497,9 @@ class BundleWriter:
                 if got != want:
                     raise UsageError(Reason.CONFIG_INVALID, f"file {path!r} is shorter than {size} bytes (changed while reading?)")
                 hasher.update(buf)
-                self._out.write(aead.encrypt(chunk_nonce(i), buf, chunk_aad(self.bundle_id, path, i, i == n - 1)))
+                sealed = memoryview(self._sealed)[: want + TAG_LEN]
+                aead.encrypt_into(chunk_nonce(i), buf, chunk_aad(self.bundle_id, path, i, i == n - 1), sealed)
+                self._out.write(sealed)
             if src.read(1):
                 raise UsageError(Reason.CONFIG_INVALID, f"file {path!r} is longer than {size} bytes (changed while reading?)")
             digest = hasher.hexdigest()
@@ -579,6 +584,7 @@ class BundleReader:
         aead = AESGCM(file_key(self._key, bid, entry.salt, entry.path))
         n = chunk_count(entry.size, cs)
         buf = bytearray(cs + TAG_LEN)
+        plain_bufs = (bytearray(cs), bytearray(cs))  # double buffer: chunk i is hashed while i+1 is opened
         self._s.seek(entry.offset)
         with _pool(threaded and entry.size > cs) as pool:
             hasher = _Hasher(pool)
@@ -590,8 +596,9 @@ class BundleReader:
                     raise BundleError(
                         Reason.TRUNCATED, f"sealed chunk is {got} bytes, expected {want}", step="decrypt", path=entry.path, chunk=i
                     )
+                plain = memoryview(plain_bufs[i % 2])[: want - TAG_LEN]
                 try:
-                    plain = aead.decrypt(chunk_nonce(i), view, chunk_aad(bid, entry.path, i, i == n - 1))
+                    aead.decrypt_into(chunk_nonce(i), view, chunk_aad(bid, entry.path, i, i == n - 1), plain)
                 except InvalidTag as e:
                     raise BundleError(
                         Reason.TAMPERED,
