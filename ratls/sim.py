@@ -215,12 +215,17 @@ class SimAuthority:
         image_id: bytes = bytes(16),
         migrate_ma: bool = False,
         report_id: bytes | None = None,
+        version: int = 3,
+        mit_vectors: tuple[int, int] = (0, 0),
     ) -> Evidence:
         """A version-3 SNP report signed by VCEK-Sim, with the VCEK and ASK as endorsements.
 
         ``report_data`` is at most 64 bytes (shorter is zero-padded, as guests do with a 32- or
-        48-byte hash); ``measurement`` at most 48, ``host_data`` at most 32.
+        48-byte hash); ``measurement`` at most 48, ``host_data`` at most 32. ``version`` 5 adds the
+        (launch, current) mitigation vectors ``mit_vectors``.
         """
+        if version not in (3, 5):
+            raise UsageError(Reason.CONFIG_INVALID, f"sim report: version {version} (the simulator writes 3 or 5)")
         for label, value, size in (("report_data", report_data, 64), ("measurement", measurement, 48), ("host_data", host_data, 32), ("family_id", family_id, 16), ("image_id", image_id, 16)):
             if not isinstance(value, (bytes, bytearray)) or len(value) > size:
                 raise UsageError(Reason.CONFIG_INVALID, f"sim report: {label} must be at most {size} bytes")
@@ -234,7 +239,7 @@ class SimAuthority:
         product = self.product
         tcb_raw = abi.encode_tcb(product, **self.tcb)
         buf = bytearray(abi.REPORT_SIZE)
-        abi.put(buf, abi.VERSION, 3)
+        abi.put(buf, abi.VERSION, version)
         abi.put(buf, abi.GUEST_SVN, guest_svn)
         abi.put(buf, abi.POLICY, policy)
         abi.put(buf, abi.FAMILY_ID, bytes(family_id))
@@ -261,6 +266,9 @@ class SimAuthority:
         for f, v in ((abi.CURRENT_BUILD, build), (abi.CURRENT_MINOR, minor), (abi.CURRENT_MAJOR, major), (abi.COMMITTED_BUILD, build), (abi.COMMITTED_MINOR, minor), (abi.COMMITTED_MAJOR, major)):
             abi.put(buf, f, v)
         abi.put(buf, abi.LAUNCH_TCB, tcb_raw)
+        if version >= 5:
+            abi.put(buf, abi.LAUNCH_MIT_VECTOR, mit_vectors[0])
+            abi.put(buf, abi.CURRENT_MIT_VECTOR, mit_vectors[1])
         r, s = decode_dss_signature(self.vcek_key.sign(bytes(buf[: abi.SIGNED_SIZE]), ec.ECDSA(hashes.SHA384())))
         abi.put(buf, abi.SIG_R, r)
         abi.put(buf, abi.SIG_S, s)

@@ -5,8 +5,8 @@ Bytes in, a frozen :class:`Report` out; the only exception on bad bytes is
 ``abi`` package does), so a reviewer can hold this file next to the table.
 
 Versions: 2 (Milan/Genoa firmware before 1.55: no CPUID fields), 3 (CPUID family/model/stepping),
-5 (launch/current mitigation vectors). Version 4 does not exist in shipped firmware; it is
-accepted with the v3 layout because the spec only adds fields in reserved space.
+5 (launch/current mitigation vectors). Any other version is ``unsupported-version``: a layout we
+have not read in the spec is not guessed at.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ SIG_S = (0x2E8, 72)
 SIG_RESERVED = (0x330, REPORT_SIZE - 0x330)
 
 SIG_ALGO_ECDSA_P384_SHA384 = 1
-SUPPORTED_VERSIONS = (2, 3, 4, 5)
+SUPPORTED_VERSIONS = (2, 3, 5)
 
 FLAG_AUTHOR_KEY_EN = 1 << 0
 FLAG_MASK_CHIP_KEY = 1 << 1
