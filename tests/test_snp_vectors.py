@@ -402,3 +402,33 @@ def test_confidential_ai_sample_policy_text():
     assert [(r.claim, r.note) for r in res.failed] == [("x-ms-compliance-status", "claim missing from evidence")]
     without = parse_policy(text.replace('"x-ms-compliance-status": "azure-compliant-uvm",', ""))
     assert without.evaluate(v.claims).ok
+
+
+def test_bogus_ask_in_evidence_does_not_hide_the_genuine_one():
+    """An intermediate with the ASK's exact names but another key is tried, fails, and is passed over."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    name = "snp/virtee-milan-v2"
+    real_ask = x509.load_pem_x509_certificates(read(name, "cert_chain_milan.pem"))[0]
+    key = rsa.generate_private_key(65537, 2048)
+    fake = (
+        x509.CertificateBuilder()
+        .subject_name(real_ask.subject)
+        .issuer_name(real_ask.issuer)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(real_ask.not_valid_before_utc)
+        .not_valid_after(real_ask.not_valid_after_utc)
+        .sign(key, hashes.SHA384(), rsa_padding=padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48))
+        .public_bytes(serialization.Encoding.DER)
+    )
+    ev = Evidence(EvidenceType.SNP, read(name, "report_milan.bin"), (fake, read(name, "vcek_milan.der")))
+    v = verify(ev, ref_time(name))
+    assert v.verified, v.error
+    assert "SEV-Milan" in v.steps[2].detail
+    # the fake carries the genuine ASK's exact names, so it was a real candidate that got tried first
+    from ratls.snp.der import parse_cert as pc
+
+    assert pc(fake).subject == pc(split_certs(read(name, "cert_chain_milan.pem"))[0]).subject

@@ -253,15 +253,33 @@ def _chain_to_root(kind: str, leaf: Cert, product: str, seen: list[Cert], opts: 
     _check_self_signed(root_der)
     if leaf.issuer == root.subject:
         raise VerificationError(Reason.BAD_CHAIN_SIGNATURE, f"{_cert_name(leaf)} is issued directly by the root; an ASK/ASVK is required")
-    candidates = [c for c in seen if c.subject == leaf.issuer and not c.self_issued]
-    if not candidates and opts.collateral is not None:
-        more, _ = _certs_in(_collateral(opts, [SNP_CERTS_KEY, kds_chain_url(product, kind)]))
-        candidates = [c for c in more if c.subject == leaf.issuer and not c.self_issued]
-    if not candidates:
-        candidates = [c for c in map(parse_cert, amd_intermediates()) if c.subject == leaf.issuer]
-    if not candidates:
-        raise CollateralError(Reason.MISSING_ENDORSEMENT, f"no intermediate (ASK/ASVK) named {leaf.issuer_cn!r}, the issuer of the {kind.upper()}")
-    inter = candidates[0]
+    def sources() -> Iterable[list[Cert]]:
+        yield seen
+        if opts.collateral is not None:
+            yield _certs_in(_collateral(opts, [SNP_CERTS_KEY, kds_chain_url(product, kind)]))[0]
+        yield [parse_cert(d) for d in amd_intermediates()]
+
+    # Try every intermediate of the right name (the evidence's, then collateral's, then the shipped
+    # ones) so a stale or bogus ASK riding in the evidence cannot hide the genuine one.
+    tried: set[str] = set()
+    first_error: VerificationError | None = None
+    for certs in sources():
+        for inter in certs:
+            if inter.subject != leaf.issuer or inter.self_issued or inter.fingerprint in tried:
+                continue
+            tried.add(inter.fingerprint)
+            try:
+                _check_intermediate(kind, leaf, inter, root, product)
+            except VerificationError as e:
+                first_error = first_error or e
+                continue
+            return Chain(kind, product, leaf, inter, root)
+    if first_error is not None:
+        raise first_error
+    raise CollateralError(Reason.MISSING_ENDORSEMENT, f"no intermediate (ASK/ASVK) named {leaf.issuer_cn!r}, the issuer of the {kind.upper()}")
+
+
+def _check_intermediate(kind: str, leaf: Cert, inter: Cert, root: Cert, product: str) -> None:
     want_vlek = kind == "vlek"
     if inter.subject_cn.startswith("SEV-VLEK-") != want_vlek:
         raise VerificationError(Reason.BAD_CHAIN_SIGNATURE, f"a {kind.upper()} must be issued by an {'ASVK' if want_vlek else 'ASK'}, got {_cert_name(inter)}")
@@ -271,7 +289,6 @@ def _chain_to_root(kind: str, leaf: Cert, product: str, seen: list[Cert], opts: 
         )
     _verify_pss(inter, root)
     _verify_pss(leaf, inter)
-    return Chain(kind, product, leaf, inter, root)
 
 
 def _check_validity(chain: Chain, now: datetime) -> str:
