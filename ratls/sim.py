@@ -29,11 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from .errors import Reason, UsageError
+from .errors import ParseError, Reason, UsageError
 from .evidence import Evidence, EvidenceType, VerifyOptions
 from .snp import abi
 from .snp import verify as snp
-from .snp.der import integer_extension, octets_extension, parse_cert, string_extension
+from .snp.der import integer_extension, octets_extension, parse_cert, split_certs, string_extension
 from .trail import Verification
 
 SIM_PRODUCT = "Sim"
@@ -273,6 +273,26 @@ class SimAuthority:
         abi.put(buf, abi.SIG_R, r)
         abi.put(buf, abi.SIG_S, s)
         return Evidence(EvidenceType.SIM, bytes(buf), (self.vcek_der, self.ask_der))
+
+
+def looks_simulated(endorsements: tuple[bytes, ...] | list[bytes]) -> bool:
+    """True when the endorsements carry a VCEK whose productName is ``Sim``.
+
+    For tools that get a raw report and must pick EvidenceType.SIM or SNP (``ratls inspect``): the
+    report bytes alone cannot tell. Choosing wrongly is safe, it only fails verification.
+    """
+    for blob in endorsements:
+        try:
+            ders = split_certs(bytes(blob))
+        except ParseError:
+            continue
+        for d in ders:
+            try:
+                if string_extension(parse_cert(d), snp.OID_PRODUCT_NAME) == SIM_PRODUCT:
+                    return True
+            except ParseError:
+                continue
+    return False
 
 
 def verify_with_chain(evidence: Evidence, opts: VerifyOptions) -> tuple[Verification, snp.Chain | None]:

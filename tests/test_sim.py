@@ -306,3 +306,9 @@ def test_cli_init_show_report(tmp_path, capsys):
     assert v.claims[C.REPORT_DATA].startswith("00ff00")
     assert cli_main(["sim", "show", "--dir", str(tmp_path / "nothing")]) == 2
     assert cli_main(["sim", "report", "--dir", str(d), "--report-data", "zz", "-o", str(rep)]) == 2
+
+
+def test_looks_simulated(auth):
+    ev = auth.report(b"x")
+    assert sim.looks_simulated(ev.endorsements)
+    assert not sim.looks_simulated((read("snp/virtee-milan-v2", "vcek_milan.der"), b"junk", b"\x30\x03\x02\x01"))
