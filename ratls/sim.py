@@ -275,24 +275,28 @@ class SimAuthority:
         return Evidence(EvidenceType.SIM, bytes(buf), (self.vcek_der, self.ask_der))
 
 
-def looks_simulated(endorsements: tuple[bytes, ...] | list[bytes]) -> bool:
-    """True when the endorsements carry a VCEK whose productName is ``Sim``.
+def is_sim_endorsement(blob: bytes) -> bool:
+    """True when ``blob`` (DER or PEM, one certificate or a bundle) holds a VCEK with productName ``Sim``.
 
     For tools that get a raw report and must pick EvidenceType.SIM or SNP (``ratls inspect``): the
     report bytes alone cannot tell. Choosing wrongly is safe, it only fails verification.
     """
-    for blob in endorsements:
+    try:
+        ders = split_certs(bytes(blob))
+    except (ParseError, TypeError):
+        return False
+    for d in ders:
         try:
-            ders = split_certs(bytes(blob))
+            if string_extension(parse_cert(d), snp.OID_PRODUCT_NAME) == SIM_PRODUCT:
+                return True
         except ParseError:
             continue
-        for d in ders:
-            try:
-                if string_extension(parse_cert(d), snp.OID_PRODUCT_NAME) == SIM_PRODUCT:
-                    return True
-            except ParseError:
-                continue
     return False
+
+
+def looks_simulated(endorsements: tuple[bytes, ...] | list[bytes]) -> bool:
+    """True when any endorsement is a simulated VCEK (:func:`is_sim_endorsement`)."""
+    return any(is_sim_endorsement(e) for e in endorsements)
 
 
 def verify_with_chain(evidence: Evidence, opts: VerifyOptions) -> tuple[Verification, snp.Chain | None]:

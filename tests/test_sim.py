@@ -312,3 +312,4 @@ def test_looks_simulated(auth):
     ev = auth.report(b"x")
     assert sim.looks_simulated(ev.endorsements)
     assert not sim.looks_simulated((read("snp/virtee-milan-v2", "vcek_milan.der"), b"junk", b"\x30\x03\x02\x01"))
+    assert sim.is_sim_endorsement(ev.endorsements[0]) and not sim.is_sim_endorsement(ev.endorsements[1])
