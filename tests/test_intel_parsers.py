@@ -75,3 +75,19 @@ def test_status_merge_and_severity():
     assert S.REVOKED.merge(S.UP_TO_DATE) is S.REVOKED
     assert S.parse("SomethingNew") is S.UNKNOWN
     assert sorted(S, key=lambda s: s.severity)[0] is S.UP_TO_DATE
+
+
+@FUZZ
+@given(st.integers(min_value=0, max_value=1), st.integers(min_value=0), st.binary(min_size=1, max_size=8))
+def test_mutated_collateral_through_verify_never_raises(which, pos, junk):
+    name = "tdx/trustee-gnr-v4-tcbinfo"
+    col = [read(name, "tcbInfo.json"), read(name, "enclaveIdentity.json")]
+    b = col[which]
+    p = pos % len(b)
+    col[which] = b[:p] + junk + b[p + len(junk) :]
+    v = verify_evidence(Evidence(EvidenceType.TDX, read(name, "tdx_quote_6.dat"), tuple(col)), VerifyOptions(now=datetime(2025, 11, 1, tzinfo=UTC)))
+    assert v.error is None or isinstance(v.error, EvidenceError)
+    if v.error is None:
+        # still verifying: either the signed bytes are intact, or the item was no longer recognised
+        # as collateral at all (then there is nothing to rank the TCB against)
+        assert v.claims["tcb-status"] in ("OutOfDate", "Unknown")

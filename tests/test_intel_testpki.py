@@ -85,7 +85,9 @@ class DcapTestPki:
         ca = _cert(real_chain[1].subject, root.subject, ca_k, root_k, ca=True, serial=2)
         sgx_ext = real_chain[0].extensions.get_extension_for_oid(SGX_EXTENSION_OID).value
         leaf = _cert(real_chain[0].subject, ca.subject, leaf_k, ca_k, ca=False, serial=3, exts=[sgx_ext])
-        tcb_name = x509.Name([*list(real_chain[2].subject)[:-1], x509.NameAttribute(x509.NameOID.COMMON_NAME, "Intel SGX TCB Signing")])
+        tcb_name = x509.Name(
+            [a for a in real_chain[2].subject if a.oid != x509.NameOID.COMMON_NAME] + [x509.NameAttribute(x509.NameOID.COMMON_NAME, "Intel SGX TCB Signing")]
+        )
         tcb = _cert(tcb_name, root.subject, tcb_k, root_k, ca=False, serial=4)
         ak_xy = ak.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)[1:]
         qe = bytearray(real.qe_report.raw)

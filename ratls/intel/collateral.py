@@ -26,6 +26,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from cryptography import x509
@@ -71,6 +72,8 @@ class Collateral:
     #: CRLs by issuer (the root CRL and the PCK CA CRLs): matched to certificates by issuer name
     crls: list[x509.CertificateRevocationList] = field(default_factory=list)
     certs: list[x509.Certificate] = field(default_factory=list)
+    #: the CRLs' bytes as given (cache keys)
+    crl_raw: list[bytes] = field(default_factory=list)
     #: items given that were recognised as nothing (reported, not fatal)
     unrecognised: int = 0
 
@@ -159,6 +162,11 @@ def parse_crl(data: bytes) -> x509.CertificateRevocationList:
         raise CollateralError(Reason.BAD_ENCODING, f"CRL does not parse: {e}") from e
 
 
+@lru_cache(maxsize=128)
+def _crl_memo(data: bytes) -> x509.CertificateRevocationList:
+    return parse_crl(data)
+
+
 def parse_pem_chain(data: bytes) -> list[x509.Certificate]:
     out = []
     for m in _PEM_CERT.finditer(data):
@@ -169,38 +177,53 @@ def parse_pem_chain(data: bytes) -> list[x509.Certificate]:
     return out
 
 
+@lru_cache(maxsize=512)
+def recognise(item: bytes) -> tuple[str, Any]:
+    """What one endorsement is, by content: (kind, parsed). Memoised by content (pure).
+
+    kinds: ``tcbInfo`` / ``enclaveIdentity`` (SignedJson), ``crl``, ``chain`` (tuple of
+    certificates), ``cert``, ``unrecognised``. Raises CollateralError for a malformed known kind.
+    """
+    head = item.lstrip()[:1]
+    if head == b"{":
+        sj = parse_signed_json(item)
+        return sj.kind, sj
+    if b"-----BEGIN CERTIFICATE-----" in item:
+        return "chain", tuple(parse_pem_chain(item))
+    if b"-----BEGIN X509 CRL-----" in item:
+        return "crl", parse_crl(item)
+    if head == b"\x30":
+        try:
+            return "crl", x509.load_der_x509_crl(item)
+        except ValueError:
+            pass
+        try:
+            return "cert", x509.load_der_x509_certificate(item)
+        except ValueError:
+            pass
+    return "unrecognised", None
+
+
 def classify(item: bytes, into: Collateral) -> str:
     """Recognise one endorsement by content and add it to ``into``; returns what it was.
 
     Unknown items are counted, not fatal: endorsements may carry things for other verifiers.
     """
-    head = item.lstrip()[:1]
-    if head == b"{":
-        sj = parse_signed_json(item)
-        if sj.kind == "tcbInfo":
-            into.tcb_info = into.tcb_info or sj
-        else:
-            into.qe_identity = into.qe_identity or sj
-        return sj.kind
-    if b"-----BEGIN CERTIFICATE-----" in item:
-        into.certs.extend(parse_pem_chain(item))
-        return "chain"
-    if b"-----BEGIN X509 CRL-----" in item:
-        into.crls.append(parse_crl(item))
-        return "crl"
-    if head == b"\x30":
-        try:
-            into.crls.append(x509.load_der_x509_crl(item))
-            return "crl"
-        except ValueError:
-            pass
-        try:
-            into.certs.append(x509.load_der_x509_certificate(item))
-            return "cert"
-        except ValueError:
-            pass
-    into.unrecognised += 1
-    return "unrecognised"
+    kind, parsed = recognise(bytes(item))
+    if kind == "tcbInfo":
+        into.tcb_info = into.tcb_info or parsed
+    elif kind == "enclaveIdentity":
+        into.qe_identity = into.qe_identity or parsed
+    elif kind == "chain":
+        into.certs.extend(parsed)
+    elif kind == "cert":
+        into.certs.append(parsed)
+    elif kind == "crl":
+        into.crls.append(parsed)
+        into.crl_raw.append(item)
+    else:
+        into.unrecognised += 1
+    return kind
 
 
 def gather(endorsements: tuple[bytes, ...], getter: Any, *, tee: str, fmspc: str, pck_ca: str | None) -> Collateral:
@@ -224,7 +247,8 @@ def gather(endorsements: tuple[bytes, ...], getter: Any, *, tee: str, fmspc: str
         blob = getter.get(key)
         if blob:
             if key.startswith("crl/"):
-                col.crls.append(parse_crl(blob))
+                col.crls.append(_crl_memo(blob))
+                col.crl_raw.append(blob)
             else:
                 classify(blob, col)
     return col

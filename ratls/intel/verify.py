@@ -27,7 +27,7 @@ from functools import lru_cache
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -46,10 +46,10 @@ from .tcb import TcbStatus, TcbVerdict, match_isvsvn_level, match_platform_level
 STEPS = (
     "parse-quote",
     "pck-chain",
+    "collateral",
     "qe-report-signature",
     "qe-report-data",
     "quote-signature",
-    "collateral",
     "crl-revocation",
     "tcb-info-signature",
     "qe-identity-signature",
@@ -91,7 +91,7 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
         return True
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
 
 
@@ -103,8 +103,22 @@ def _check_validity(cert: x509.Certificate, now: datetime, what: str) -> None:
 
 
 @lru_cache(maxsize=256)
+def _cn(name: x509.Name) -> str:
+    """Common name of a certificate name (memoised: names repeat on every verification)."""
+    attrs = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else name.rfc4514_string()
+
+
+@lru_cache(maxsize=256)
 def _chain(chain_pem: bytes, root_spki: bytes) -> tuple[tuple[x509.Certificate, ...], PckExtension]:
     """Parse and verify the PCK chain's signatures up to a root with the pinned key (cached: pure)."""
+    try:
+        return _chain_unmemoised(chain_pem, root_spki)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # cryptography parses keys and fields lazily
+        raise ParseError(Reason.BAD_ENCODING, f"PCK chain: malformed certificate: {e}") from e
+
+
+def _chain_unmemoised(chain_pem: bytes, root_spki: bytes) -> tuple[tuple[x509.Certificate, ...], PckExtension]:
     try:
         certs = parse_pem_chain(chain_pem)
     except CollateralError as e:
@@ -146,7 +160,7 @@ def _tcb_signer_ok(cert: x509.Certificate, root_spki: bytes) -> bool:
     try:
         key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))  # type: ignore[call-arg,arg-type]
         return True
-    except (InvalidSignature, TypeError, ValueError):
+    except (InvalidSignature, TypeError, ValueError, UnsupportedAlgorithm):
         return False
 
 
@@ -185,7 +199,7 @@ def verify_quote(evidence: Evidence, opts: VerifyOptions, trail: Trail, *, expec
     ctx = _Ctx(q, opts, root_spki)
     _chain_step(ctx, trail)
     with trail.step("collateral") as s:
-        ca_kind = "processor" if "Processor" in ctx.chain[1].subject.rfc4514_string() else "platform"
+        ca_kind = "processor" if "Processor" in _cn(ctx.chain[1].subject) else "platform"
         assert ctx.ext is not None
         ctx.col = gather(evidence.endorsements, opts.collateral, tee=ctx.tee, fmspc=ctx.ext.fmspc.hex(), pck_ca=ca_kind)
         have = [n for n, v in (("tcb-info", ctx.col.tcb_info), ("qe-identity", ctx.col.qe_identity)) if v is not None]
@@ -194,6 +208,7 @@ def verify_quote(evidence: Evidence, opts: VerifyOptions, trail: Trail, *, expec
         message = _engine(ctx, trail)
         if message is None:
             return _claims(ctx), q.report_data
+        _signature_steps(ctx, trail)
         if any(frag.lower() in message.lower() for frag in _ENGINE_POLICY_REFUSALS):
             # a claim check dcap-qvl hard-codes (TD attributes): ours is the policy's call
             trail.add("dcap-qvl", True, f"declined on a claim check left to the policy ({message}); verdict from the steps below")
@@ -202,6 +217,7 @@ def verify_quote(evidence: Evidence, opts: VerifyOptions, trail: Trail, *, expec
         step, reason = engine_reason(message)
         with trail.step("dcap-qvl"):
             raise VerificationError(reason, f"dcap-qvl refused ({step}): {message}")
+    _signature_steps(ctx, trail)
     return _steps(ctx, trail)
 
 
@@ -211,7 +227,11 @@ def _chain_step(ctx: _Ctx, trail: Trail) -> None:
         ctx.chain, ctx.ext = _chain(q.pck_chain_pem, ctx.root_spki)
         for cert, what in zip(ctx.chain, ("PCK certificate", "PCK CA", "root CA"), strict=True):
             _check_validity(cert, ctx.now, what)
-        s.detail = f"PCK FMSPC {ctx.ext.fmspc.hex()}, PCESVN {ctx.ext.pce_svn}, via {ctx.chain[1].subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value}"
+        s.detail = f"PCK FMSPC {ctx.ext.fmspc.hex()}, PCESVN {ctx.ext.pce_svn}, via {_cn(ctx.chain[1].subject)}"
+
+
+def _signature_steps(ctx: _Ctx, trail: Trail) -> None:
+    q = ctx.q
     with trail.step("qe-report-signature"):
         if not _ecdsa_ok(ctx.chain[0].public_key(), q.qe_report_signature, q.qe_report.raw):
             raise VerificationError(Reason.BAD_SIGNATURE, "QE report signature does not verify with the PCK certificate's key")
@@ -287,7 +307,7 @@ def _crl_step(ctx: _Ctx, trail: Trail) -> None:
 
 def _check_signed_json(ctx: _Ctx, sj: SignedJson) -> str:
     """Verify a PCS body's signature by a TCB Signing certificate chained to the pinned root."""
-    candidates = [c for c in ctx.col.certs if "TCB Signing" in c.subject.rfc4514_string()] + list(tcb_signing_certs())
+    candidates = [c for c in ctx.col.certs if "TCB Signing" in _cn(c.subject)] + list(tcb_signing_certs())
     usable = [c for c in candidates if _tcb_signer_ok(c, ctx.root_spki)]
     if not usable:
         raise CollateralError(Reason.UNTRUSTED_ROOT, f"no TCB Signing certificate chained to the pinned root for {sj.kind}")
@@ -479,9 +499,9 @@ def _engine(ctx: _Ctx, trail: Trail) -> str | None:
     col = ctx.col
     assert col.tcb_info is not None and col.qe_identity is not None
     t0 = time.perf_counter()
-    signers = [c for c in [*col.certs, *tcb_signing_certs()] if "TCB Signing" in c.subject.rfc4514_string()]
+    signers = [c for c in [*col.certs, *tcb_signing_certs()] if "TCB Signing" in _cn(c.subject)]
     signer = next((c for c in signers if c.not_valid_before_utc <= ctx.now <= c.not_valid_after_utc), signers[0])
-    key = (col.tcb_info.source, col.qe_identity.source, tuple(c.fingerprint(hashes.SHA256()) for c in col.crls), ctx.q.pck_chain_pem, signer.fingerprint(hashes.SHA256()))
+    key = (col.tcb_info.source, col.qe_identity.source, tuple(col.crl_raw), ctx.q.pck_chain_pem, signer.tbs_certificate_bytes)
     qvl_col = _engine_collateral(key, col, ctx.chain, signer)
     try:
         report = dcap_qvl.verify_with_root_ca(ctx.q.raw, qvl_col, _engine_root_der(ctx), int(ctx.now.timestamp()))
@@ -493,7 +513,7 @@ def _engine(ctx: _Ctx, trail: Trail) -> str | None:
     ctx.next_updates = [col.tcb_info.next_update, col.qe_identity.next_update] + [c.next_update_utc for c in col.crls if c.next_update_utc]
     detail = f"{status.value}; advisories {list(ctx.verdict.advisory_ids)}"
     trail.steps.append(Step("dcap-qvl", True, detail, (time.perf_counter() - t0) * 1e3))
-    for name in STEPS[6:]:
+    for name in ("qe-report-signature", "qe-report-data", "quote-signature", *STEPS[6:]):
         trail.add(name, True, "by dcap-qvl")
     # dcap-qvl does not return the matched level's date: our matcher reads it (signatures already checked)
     try:
