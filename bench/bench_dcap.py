@@ -71,6 +71,9 @@ def clear_memos() -> None:
     iv._json_signed_by.cache_clear()
     iv._tcb_signer_ok.cache_clear()
     iv._ENGINE_COLLATERAL.clear()
+    iv._TCB_DATES.clear()
+    iv._der.cache_clear()
+    iv._cn.cache_clear()
     col_mod.recognise.cache_clear()
     col_mod._crl_memo.cache_clear()
 

@@ -39,7 +39,7 @@ from ..trail import Step, Trail, Verification
 from . import claims as claims_mod
 from .collateral import Collateral, SignedJson, gather, parse_pem_chain, to_dcap_qvl
 from .pck import PckExtension, pck_extension
-from .quote import TEE_TDX, Quote, TdReport, parse_quote
+from .quote import TD_ATTRIBUTES, TEE_TDX, Quote, TdReport, parse_quote
 from .roots import intel_root, intel_root_spki, spki_der, tcb_signing_certs
 from .tcb import TcbStatus, TcbVerdict, match_isvsvn_level, match_platform_level, verdict_of
 
@@ -470,9 +470,30 @@ def _engine_applies(ctx: _Ctx) -> bool:
 
 
 def _engine_root_der(ctx: _Ctx) -> bytes:
-    if ctx.opts.intel_root_spki is None:
-        return intel_root().public_bytes(Encoding.DER)
-    return ctx.chain[-1].public_bytes(Encoding.DER)
+    return _der(intel_root() if ctx.opts.intel_root_spki is None else ctx.chain[-1])
+
+
+@lru_cache(maxsize=64)
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
+
+
+_TCB_DATES: dict[tuple, str | None] = {}
+
+
+def _tcb_date(ctx: _Ctx, tcb_info: SignedJson) -> str | None:
+    """The matched level's date (dcap-qvl does not return it), memoised on what the match reads."""
+    td = ctx.q.body if isinstance(ctx.q.body, TdReport) else None
+    assert ctx.ext is not None
+    key = (tcb_info.signed, ctx.ext.cpu_svn, ctx.ext.pce_svn, td.raw[:TD_ATTRIBUTES.start] if td else None)
+    if key not in _TCB_DATES:
+        if len(_TCB_DATES) > 256:
+            _TCB_DATES.clear()
+        try:
+            _TCB_DATES[key] = _match_tcb(ctx, tcb_info).tcb_date
+        except EvidenceError:
+            _TCB_DATES[key] = None
+    return _TCB_DATES[key]
 
 
 _ENGINE_COLLATERAL: dict[tuple, Any] = {}
@@ -515,11 +536,7 @@ def _engine(ctx: _Ctx, trail: Trail) -> str | None:
     trail.steps.append(Step("dcap-qvl", True, detail, (time.perf_counter() - t0) * 1e3))
     for name in ("qe-report-signature", "qe-report-data", "quote-signature", *STEPS[6:]):
         trail.add(name, True, "by dcap-qvl")
-    # dcap-qvl does not return the matched level's date: our matcher reads it (signatures already checked)
-    try:
-        ctx.verdict = TcbVerdict(status, ctx.verdict.advisory_ids, _match_tcb(ctx, col.tcb_info).tcb_date)
-    except EvidenceError:
-        pass
+    ctx.verdict = TcbVerdict(status, ctx.verdict.advisory_ids, _tcb_date(ctx, col.tcb_info))
     return None
 
 
