@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from ..errors import CollateralError, EvidenceError, ParseError, Reason, VerificationError
 from ..evidence import Evidence, EvidenceType, VerifyOptions, run_verifier
 from ..trail import Step, Trail, Verification
+from . import azure
 from . import claims as claims_mod
 from .collateral import Collateral, SignedJson, gather, parse_pem_chain, to_dcap_qvl
 from .pck import PckExtension, pck_extension
@@ -190,6 +191,26 @@ class _Ctx:
 
 
 def verify_quote(evidence: Evidence, opts: VerifyOptions, trail: Trail, *, expect_tdx: bool) -> tuple[dict, bytes]:
+    """Verify a quote; an Azure HCL report among the endorsements is checked and its runtime claims added."""
+    claims, report_data = _verify_quote(evidence, opts, trail, expect_tdx=expect_tdx)
+    hcl_items = [e for e in evidence.endorsements if azure.is_hcl_report(e)]
+    if hcl_items:
+        with trail.step("azure-hcl-report") as s:
+            hcl = azure.parse_hcl_report(hcl_items[0])
+            want_type = azure.REPORT_TYPE_TDX if expect_tdx else None
+            if want_type is None or hcl.report_type != want_type:
+                raise VerificationError(Reason.WRONG_PRODUCT, f"HCL report type {hcl.report_type} does not go with a {evidence.type.value} quote")
+            digest = hcl.runtime_digest
+            if report_data[: len(digest)] != digest:
+                raise VerificationError(Reason.REPORT_DATA_MISMATCH, f"quote REPORTDATA {report_data[:len(digest)].hex()} != hash of the HCL runtime data {digest.hex()}")
+            if hcl.tdreport_report_data != report_data:
+                raise VerificationError(Reason.REPORT_DATA_MISMATCH, "the HCL report's TDREPORT carries other REPORTDATA than the quote")
+            claims.update(azure.runtime_claims(hcl))
+            s.detail = f"REPORTDATA = SHA-{len(digest) * 8}(runtime data, {len(hcl.runtime_data)} bytes)"
+    return claims, report_data
+
+
+def _verify_quote(evidence: Evidence, opts: VerifyOptions, trail: Trail, *, expect_tdx: bool) -> tuple[dict, bytes]:
     root_spki = opts.intel_root_spki or intel_root_spki()
     with trail.step("parse-quote") as s:
         q = parse_quote(evidence.data)
