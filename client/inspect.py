@@ -177,9 +177,8 @@ def _raw_result(ev: Evidence, opts: VerifyOptions, policy: Policy | None, target
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, (dict, list)):
-        return json.dumps(v)
-    return repr(v) if isinstance(v, str) and v == "" else str(v)
+    """JSON spelling (true, null, "x"), so what a reviewer reads is what a policy file says."""
+    return v if isinstance(v, str) and v else json.dumps(v, default=str)
 
 
 def render(out: dict[str, Any]) -> str:
