@@ -104,9 +104,12 @@ def test_ratls_certificate_file_with_sim_dir(capsys, tmp_path, sim_cert):
     rc, out, _ = run(capsys, str(pem), "--sim-dir", str(d), "--policy", str(pol), "--json")
     doc = json.loads(out)
     assert rc == 0 and doc["kind"] == "certificate" and doc["evidence_type"] == "sim" and doc["policy_ok"] is True
-    # the same certificate without the sim root is not trusted
-    rc2, out2, _ = run(capsys, str(pem), "--sim-dir", str(tmp_path / "empty-sim-dir-missing"), "--json")
-    assert rc2 == 2
+    # trusted only through that sim root: another simulated TEE's directory does not vouch for it
+    other = tmp_path / "other-sim"
+    simdir.load_or_create(other)
+    rc2, out2, _ = run(capsys, str(pem), "--sim-dir", str(other), "--json")
+    assert rc2 == 1 and json.loads(out2)["error"]["step"] == "chain-to-root"
+    assert run(capsys, str(pem), "--sim-dir", str(tmp_path / "missing"))[0] == 2
 
 
 def test_host_port_takes_the_live_certificate(capsys, tmp_path, sim_cert):
