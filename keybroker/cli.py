@@ -2,6 +2,7 @@
 
     ratls keybroker --listen 127.0.0.1:8443 --store DIR --master-key FILE [--tls-cert C --tls-key K]
                     [--sim-dir D] [--log FILE] [--nonce-ttl 60]
+                    [--secret-prov-listen HOST:PORT --secret-prov-id ID]   (Gramine secret_prov endpoint)
     ratls keybroker add-secret --store DIR --master-key FILE --id model-key --secret-file KEY --policy POLICY.json [--replace]
     ratls keybroker list --store DIR --master-key FILE
     ratls keybroker new-master-key FILE
@@ -37,6 +38,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sim-dir", metavar="DIR", help="trust this simulated TEE's root (tests and demos only)")
     parser.add_argument("--log", metavar="FILE", help="append JSON audit lines here (default: stderr)")
     parser.add_argument("--nonce-ttl", type=float, default=60.0, metavar="SECONDS", help="challenge lifetime (default 60)")
+    parser.add_argument(
+        "--secret-prov-listen", metavar="HOST:PORT", help="also serve Gramine's secret_prov protocol here (needs --tls-cert)"
+    )
+    parser.add_argument("--secret-prov-id", metavar="ID", help="the stored secret the secret_prov endpoint releases (under its own policy)")
     sub = parser.add_subparsers(dest="kb_command", metavar="ACTION")
 
     p = sub.add_parser("add-secret", help="seal a secret into the store with its release policy")
@@ -80,24 +85,27 @@ async def _serve(args: argparse.Namespace) -> None:
     ctx = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     log = open(args.log, "a", buffering=1) if args.log else sys.stderr  # noqa: SIM115 - lives as long as the server
     broker = Broker(store, sim_root=sim_root, audit_stream=log, nonce_ttl_s=args.nonce_ttl)
+    sp = None
+    if args.secret_prov_listen:
+        if not (args.tls_cert and args.secret_prov_id):
+            raise UsageError(Reason.CONFIG_INVALID, "--secret-prov-listen needs --tls-cert/--tls-key and --secret-prov-id")
+        from .secret_prov import SecretProvServer
+
+        store.get(args.secret_prov_id)  # fail now, not at the first enclave, if it is missing
+        sp = SecretProvServer(store, args.secret_prov_id, args.tls_cert, args.tls_key, broker.audit, sim_root=sim_root)
     host, port = _hostport(args.listen)
     port = await broker.start(host, port, ctx)
     scheme = "https" if ctx else "http"
-    print(
-        json.dumps(
-            {
-                "event": "keybroker.listening",
-                "url": f"{scheme}://{host}:{port}",
-                "secrets": store.ids(),
-                "sim_trusted": sim_root is not None,
-            }
-        ),
-        file=sys.stderr,
-        flush=True,
-    )
+    info = {"event": "keybroker.listening", "url": f"{scheme}://{host}:{port}", "secrets": store.ids(), "sim_trusted": sim_root is not None}
+    if sp is not None:
+        sp_host, sp_port = _hostport(args.secret_prov_listen)
+        info["secret_prov"] = f"{sp_host}:{sp.start(sp_host, sp_port)}"
+    print(json.dumps(info), file=sys.stderr, flush=True)
     try:
         await asyncio.Event().wait()
     finally:
+        if sp is not None:
+            sp.stop()
         await broker.stop()
 
 

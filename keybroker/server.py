@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import ssl
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -50,11 +51,14 @@ class AuditLog:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.lines = 0
+        self._lock = threading.Lock()  # the secret_prov endpoint writes from its own threads
 
     def write(self, record: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(record, sort_keys=True, default=str) + "\n")
-        self.stream.flush()
-        self.lines += 1
+        line = json.dumps(record, sort_keys=True, default=str) + "\n"
+        with self._lock:
+            self.stream.write(line)
+            self.stream.flush()
+            self.lines += 1
 
 
 def make_app(core: KbsCore, audit: AuditLog, *, clock: Callable[[], datetime] = utcnow) -> web.Application:
