@@ -165,3 +165,13 @@ def test_mutated_tcb_info_raises_only_typed_errors(pos, byte):
         parse_signed_json(bytes(raw))
     except CollateralError:
         pass
+
+
+def test_several_candidates_the_matching_one_is_used():
+    """A collateral folder holds Intel's documentation examples too: the matching, latest one wins."""
+    mob = "sgx/mobilecoin-cfl-v3-collateral"
+    files = ["NEGATIVE-example_tcb.json", "NEGATIVE-example_qe_identity.json", "tcb_info_fmspc_00906ED50000_2023_07_12.json", "qe_identity.json", "root_crl.der", "processor_crl.der"]
+    ev = Evidence(EvidenceType.SGX, read(mob, "hw_quote.dat"), tuple(read(mob, f) for f in files))
+    v = verify_evidence(ev, VerifyOptions(now=ref_time(mob)))
+    assert v.verified, v.error
+    assert v.claims["tcb-status"] == "SWHardeningNeeded"

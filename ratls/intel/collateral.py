@@ -74,6 +74,29 @@ class Collateral:
     certs: list[x509.Certificate] = field(default_factory=list)
     #: the CRLs' bytes as given (cache keys)
     crl_raw: list[bytes] = field(default_factory=list)
+    #: every TCB info / QE identity offered (a collateral folder may hold several)
+    tcb_info_candidates: list[SignedJson] = field(default_factory=list)
+    qe_identity_candidates: list[SignedJson] = field(default_factory=list)
+
+    def select(self, tee: str, fmspc: str) -> None:
+        """Pick, among several offered, the TCB info for this TEE and FMSPC and the QE identity for
+        this TEE's QE, the most recently issued. With no match the first offered stays, so the
+        mismatch is reported rather than hidden."""
+        want_tcb, want_qe = ("TDX", "TD_QE") if tee == "tdx" else ("SGX", "QE")
+
+        def latest(items: list[SignedJson]) -> SignedJson | None:
+            dated = []
+            for sj in items:
+                try:
+                    dated.append((sj.issue_date, sj))
+                except CollateralError:
+                    continue
+            return max(dated, key=lambda d: d[0])[1] if dated else None
+
+        tcb = [t for t in self.tcb_info_candidates if t.id == want_tcb and str(t.body.get("fmspc", "")).lower() == fmspc.lower()]
+        self.tcb_info = latest(tcb) or self.tcb_info
+        qe = [q for q in self.qe_identity_candidates if q.id == want_qe]
+        self.qe_identity = latest(qe) or self.qe_identity
     #: items given that were recognised as nothing (reported, not fatal)
     unrecognised: int = 0
 
@@ -211,8 +234,10 @@ def classify(item: bytes, into: Collateral) -> str:
     """
     kind, parsed = recognise(bytes(item))
     if kind == "tcbInfo":
+        into.tcb_info_candidates.append(parsed)
         into.tcb_info = into.tcb_info or parsed
     elif kind == "enclaveIdentity":
+        into.qe_identity_candidates.append(parsed)
         into.qe_identity = into.qe_identity or parsed
     elif kind == "chain":
         into.certs.extend(parsed)
@@ -231,6 +256,7 @@ def gather(endorsements: tuple[bytes, ...], getter: Any, *, tee: str, fmspc: str
     col = Collateral()
     for item in endorsements:
         classify(item, col)
+    col.select(tee, fmspc)
     if getter is None:
         return col
     keys: list[str] = []
@@ -251,6 +277,7 @@ def gather(endorsements: tuple[bytes, ...], getter: Any, *, tee: str, fmspc: str
                 col.crl_raw.append(blob)
             else:
                 classify(blob, col)
+    col.select(tee, fmspc)
     return col
 
 

@@ -372,7 +372,9 @@ def _match_qe_identity(ctx: _Ctx, sj: SignedJson) -> TcbVerdict:
             raise VerificationError(Reason.QE_IDENTITY_MISMATCH, f"QE MRSIGNER {qe.mr_signer.hex()}, expected {body['mrsigner'].lower()}")
         if int(body["isvprodid"]) != qe.isv_prod_id:
             raise VerificationError(Reason.QE_IDENTITY_MISMATCH, f"QE ISVPRODID {qe.isv_prod_id}, expected {body['isvprodid']}")
-        if not _masked_eq(qe.misc_select[::-1], body["miscselect"], body["miscselectMask"]) and not _masked_eq(qe.misc_select, body["miscselect"], body["miscselectMask"]):
+        # MISCSELECT is a little-endian u32 in the report, a big-endian hex number in the JSON
+        misc = int.from_bytes(qe.misc_select, "little")
+        if misc & int(body["miscselectMask"], 16) != int(body["miscselect"], 16) & int(body["miscselectMask"], 16):
             raise VerificationError(Reason.QE_IDENTITY_MISMATCH, f"QE MISCSELECT {qe.misc_select.hex()} does not match {body['miscselect']}/{body['miscselectMask']}")
         if not _masked_eq(qe.attributes, body["attributes"], body["attributesMask"]):
             raise VerificationError(Reason.QE_IDENTITY_MISMATCH, f"QE ATTRIBUTES {qe.attributes.hex()} do not match {body['attributes']}/{body['attributesMask']}")
