@@ -419,3 +419,19 @@ def test_cli_add_secret_and_list(tmp_path, capsys):
         == 2
     )
     assert SecretStore(tmp_path / "s", mk.read_bytes()).get("model-key")[0] == SECRET
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=1300), ends=st.lists(st.binary(max_size=64), max_size=2))
+def test_attest_on_any_evidence_bytes_answers_4xx(sim, data, ends):
+    """Hostile evidence bytes reach the real verifier: a 4xx with a reason, never an exception."""
+    c = kbs.KbsCore(Dict({}), make_verifier(sim[1]))
+    n = _nonce(c)
+    tee = Tee(sim[0])
+    body = {
+        "nonce": kbs.b64url(n),
+        "tee-pubkey": tee.pub,
+        "tee-evidence": {"type": "sim", "data": kbs.b64url(data), "endorsements": [kbs.b64url(e) for e in ends]},
+    }
+    out = c.attest(body, NOW)
+    assert out.status == 401 and out.body["error"] in {r.value for r in Reason}
