@@ -50,7 +50,7 @@ async def grpc_load(a: argparse.Namespace) -> str:
             chans.append(grpc.aio.insecure_channel(a.target, options=o))
     calls = [c.unary_unary(a.method, request_serializer=None, response_deserializer=None) for c in chans]
     for c in chans:
-        await asyncio.wait_for(c.channel_ready(), 10)
+        await asyncio.wait_for(c.channel_ready(), 30)
     lat: list[float] = []
     errors = 0
     measuring = False
@@ -181,7 +181,10 @@ def main() -> None:
         except ImportError:
             pass
     coro = grpc_load(a) if a.kind == "grpc" else handshake_load(a)
-    print(asyncio.run(coro), flush=True)
+    try:
+        print(asyncio.run(coro), flush=True)
+    except (TimeoutError, OSError, RuntimeError) as e:
+        raise SystemExit(f"bench client {a.kind}: {type(e).__name__}: {e or 'timed out (channel never ready)'}") from None
 
 
 if __name__ == "__main__":

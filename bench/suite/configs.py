@@ -60,8 +60,10 @@ http {{
 def _backend_locations(www: Path) -> str:
     return f"""    root {www};
     location = /1k {{ }}
-    location = /upload {{ return 200 "ok\\n"; }}
-    location /bench.Bench/ {{ error_page 404 405 =200 /grpc-reply; }}
+    location = /upload {{ mirror /sink; mirror_request_body on; error_page 404 405 =200 /ok; }}
+    location /bench.Bench/ {{ mirror /sink; mirror_request_body on; error_page 404 405 =200 /grpc-reply; }}
+    location = /sink {{ internal; return 204; }}
+    location = /ok {{ internal; }}
     location = /grpc-reply {{
       internal;
       default_type application/grpc;
@@ -74,8 +76,11 @@ def nginx_backend(prefix: Path, www: Path, http_port: int, h2c_port: int) -> str
     """The common backend: 1 KB static GET, 600 KB POST sink, and a gRPC sink on HTTP/2 cleartext.
 
     nginx is fast enough that it is never what a scenario measures; every server under test relays to it.
-    The gRPC sink answers any POST under /bench.Bench/ with an empty message and grpc-status 0 (the
-    static module refuses POST with 405, which error_page turns into the canned reply).
+    The POST sinks read the whole body before answering (`mirror_request_body on` makes nginx read it
+    before the content phase; a `return` would answer first and leave the upload half-sent, which
+    breaks keep-alive for whoever relays it). The answer comes from the static module, which refuses
+    POST (404/405), turned by error_page into a canned 200: "ok" for /upload, and for any POST under
+    /bench.Bench/ an empty gRPC message with grpc-status 0.
     """
     locs = _backend_locations(www)
     body = f"""  server {{

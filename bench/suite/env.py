@@ -90,6 +90,7 @@ class Env:
         www.mkdir(exist_ok=True)
         (www / "1k").write_bytes(b"x" * 1024)
         (www / "grpc-reply").write_bytes(configs.GRPC_EMPTY_REPLY)
+        (www / "ok").write_bytes(b"ok\n")
         self.www = www
         self.bodies = {}
         for name, n in SIZES.items():

@@ -51,7 +51,8 @@ def parse_wrk(output: str) -> LoadResult:
     d = json.loads(m.group(1))
     errors = sum(d["errors"].values())
     lat = d["latency_us"]
-    return LoadResult("wrk", d["requests"], d["duration_us"] / 1e6, errors, lat["p50"] / 1000, lat["p99"] / 1000,
+    # wrk counts non-2xx/3xx answers as requests too (and as status errors): only good answers are throughput.
+    return LoadResult("wrk", d["requests"] - d["errors"]["status"], d["duration_us"] / 1e6, errors, lat["p50"] / 1000, lat["p99"] / 1000,
                       d["bytes"], {"errors": d["errors"], "p90_ms": lat["p90"] / 1000, "max_ms": lat["max"] / 1000})
 
 

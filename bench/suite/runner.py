@@ -81,7 +81,8 @@ class Suite:
         print(f"[bench] {sid}: {line}", flush=True)
         for r in runs:
             if r.get("error"):
-                print(f"[bench]   {r['name']}: {r['error'][:300]}", flush=True)
+                last = [ln for ln in r["error"].splitlines() if ln.strip()][-1]
+                print(f"[bench]   {r['name']}: {r['error'].splitlines()[0][:200]} ... {last[:200]}", flush=True)
 
     def skip(self, sid: str, title: str, why: str) -> None:
         self.scenarios[sid] = {"id": sid, "title": title, "skipped": why, "runs": []}
@@ -132,16 +133,21 @@ class Suite:
                     script = configs.wrk_script("/upload", method="POST", body_file=self.env.bodies["600k"],
                                                 headers={"Content-Type": "application/octet-stream"})
                 runs = []
+                memory: dict = {}
                 for name, role, srv in (("sidecar", "subject", self.sidecar), ("nginx", "baseline", self.nginx_tls),
                                         ("haproxy", "baseline", self.haproxy)):
                     if name == "haproxy" and not self.env.tools["haproxy"]:
                         continue
+
                     def port(srv=srv):
-                        return (srv().ports["tls" if "tls" in srv().ports else "h1"])
+                        return srv().ports["tls" if "tls" in srv().ports else "h1"]
+
+                    if name == "sidecar" and size == "600k" and conns == 64:
+                        runs.append(self._with_memory(name, role, lambda srv=srv: [srv()], port, script, sid, conns, memory, "https"))
+                        continue
                     runs.append(self.measure(name, role, lambda srv=srv: [srv()],
                                              lambda port=port, name=name: self.wrk(f"https://127.0.0.1:{port()}", script, f"{sid}-{name}", conns)))
-                mem = None
-                self.record(sid, title, runs, {"connections": conns, "size": size, "tool": "wrk"}, memory=mem)
+                self.record(sid, title, runs, {"connections": conns, "size": size, "tool": "wrk"}, memory=memory or None)
 
     def tls_h2(self) -> None:
         for size in ("1k", "600k"):
@@ -201,15 +207,15 @@ class Suite:
                                                  self.wrk(f"http://127.0.0.1:{port()}", script, f"{sid}-{name}", conns)))
                 self.record(sid, title, runs, {"connections": conns, "size": size, "tool": "wrk"}, memory=memory or None)
 
-    def _with_memory(self, name, role, srvs, port, script, sid, conns, memory) -> dict:
-        """The pair at 64 × 600 KB with RSS sampled: idle before, peak during, idle 3 s after."""
+    def _with_memory(self, name, role, srvs, port, script, sid, conns, memory, scheme="http") -> dict:
+        """A run at 64 × 600 KB with the RSS of the ratls processes sampled: idle before, peak during, 3 s after."""
         try:
             servers = srvs()
         except Exception as e:
             return {"name": name, "role": role, "error": f"{type(e).__name__}: {e}", "rps": 0}
         idle = {s.name: s.rss_bytes() for s in servers}
         with RssSampler(servers) as sampler:
-            r = self.measure(name, role, lambda: servers, lambda: self.wrk(f"http://127.0.0.1:{port()}", script, f"{sid}-{name}", conns))
+            r = self.measure(name, role, lambda: servers, lambda: self.wrk(f"{scheme}://127.0.0.1:{port()}", script, f"{sid}-{name}", conns))
         time.sleep(3)
         for s in servers:
             memory[s.name] = {"idle_mb": round(idle[s.name] / 2**20, 1), "peak_mb": round(sampler.peak[s.name] / 2**20, 1),
