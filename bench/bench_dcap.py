@@ -110,6 +110,8 @@ def main() -> int:
         c,
         (signer.public_bytes(Encoding.PEM) + root.public_bytes(Encoding.PEM)).decode(),
         (ctx.chain[1].public_bytes(Encoding.PEM) + root.public_bytes(Encoding.PEM)).decode(),
+        root=root.subject,
+        ca=ctx.chain[1].subject,
     )
     root_der = root.public_bytes(Encoding.DER)
     now_s = int(opts.now.timestamp())

@@ -281,14 +281,14 @@ def gather(endorsements: tuple[bytes, ...], getter: Any, *, tee: str, fmspc: str
     return col
 
 
-def to_dcap_qvl(col: Collateral, tcb_chain_pem: str, pck_ca_chain_pem: str) -> Any:
+def to_dcap_qvl(col: Collateral, tcb_chain_pem: str, pck_ca_chain_pem: str, *, root: x509.Name, ca: x509.Name) -> Any:
     """Build dcap-qvl's collateral object (only for complete collateral)."""
     import dcap_qvl
     from cryptography.hazmat.primitives.serialization import Encoding
 
     assert col.tcb_info is not None and col.qe_identity is not None
-    root_crl = next(c for c in col.crls if "Root CA" in c.issuer.rfc4514_string())
-    pck_crl = next(c for c in col.crls if c is not root_crl)
+    root_crl = next(c for c in col.crls if c.issuer == root)
+    pck_crl = next(c for c in col.crls if c.issuer == ca)
     return dcap_qvl.QuoteCollateralV3(
         pck_crl_issuer_chain=pck_ca_chain_pem,
         root_ca_crl=root_crl.public_bytes(Encoding.DER),

@@ -487,6 +487,9 @@ def _engine_applies(ctx: _Ctx) -> bool:
     col = ctx.col
     if not col.complete:
         return False
+    issuers = {c.issuer for c in col.crls}
+    if not {ctx.chain[1].subject, ctx.chain[-1].subject} <= issuers:
+        return False  # dcap-qvl needs the root CRL and this PCK CA's CRL; the steps say what is missing
     times = [col.tcb_info.next_update, col.qe_identity.next_update]  # type: ignore[union-attr]
     times += [c.next_update_utc for c in col.crls if c.next_update_utc is not None]
     return all(t >= ctx.now for t in times)
@@ -532,7 +535,7 @@ def _engine_collateral(key: tuple, col: Collateral, chain: tuple[x509.Certificat
     root = chain[-1]
     ca_chain = (chain[1].public_bytes(Encoding.PEM) + root.public_bytes(Encoding.PEM)).decode()
     tcb_chain = (now_signer.public_bytes(Encoding.PEM) + root.public_bytes(Encoding.PEM)).decode()
-    _ENGINE_COLLATERAL[key] = out = to_dcap_qvl(col, tcb_chain, ca_chain)
+    _ENGINE_COLLATERAL[key] = out = to_dcap_qvl(col, tcb_chain, ca_chain, root=root.subject, ca=chain[1].subject)
     return out
 
 
