@@ -189,16 +189,20 @@ class Endpoint(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def wait_for_data(self) -> None:
-        """Wait until more bytes arrive in ``buf`` or the stream ends (BUFFER mode)."""
+    def wait_for_data(self) -> asyncio.Future[None]:
+        """A future that completes when more bytes arrive in ``buf`` or the stream ends (BUFFER mode).
+
+        A plain function, not a coroutine: the waiter must exist *before* the caller yields, or
+        bytes that arrive in between (``wait_for`` starts a coroutine one loop turn later) would
+        be buffered with nobody woken.
+        """
+        fut = asyncio.get_running_loop().create_future()
         if self.eof or self.closed:
-            return
+            fut.set_result(None)
+            return fut
         self.resume_reading()
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
+        self._waiter = fut
+        return fut
 
     def take(self, n: int | None = None) -> bytes:
         """Remove and return the first ``n`` buffered bytes (all if None)."""

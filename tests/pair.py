@@ -400,3 +400,158 @@ async def apair(tmp_path: Path, **kw: Any) -> AsyncIterator[Pair]:
         yield p
     finally:
         await asyncio.to_thread(p.stop)
+
+
+# -- small real backends for tests ----------------------------------------------------------------
+#
+# ``HttpBackend`` (aiohttp: keep-alive, chunked, Expect: 100-continue), ``ByteCountingBackend`` (raw
+# asyncio TCP: counts every byte it ever receives, for "the backend got nothing" assertions) and
+# ``GrpcEchoBackend`` (grpcio server, generic handler ``/ratls.test.Echo/Echo`` echoing raw bytes).
+# Each runs on its own background loop/thread; ``.addr`` is "127.0.0.1:PORT"; ``.stop()``.
+
+
+class HttpBackend:
+    """Routes: ``GET /hello``; ``POST /echo`` (body echoed back); ``POST /digest`` (JSON length and
+    sha256 of the streamed body, and its Transfer-Encoding); ``GET /big?n=N`` (N bytes)."""
+
+    def __init__(self) -> None:
+        import hashlib
+
+        from aiohttp import web
+
+        self.requests: list[dict[str, Any]] = []
+
+        async def hello(req: web.Request) -> web.Response:
+            self.requests.append({"path": req.path, "method": req.method, "headers": dict(req.headers)})
+            return web.Response(text="hello from the backend")
+
+        async def echo(req: web.Request) -> web.Response:
+            body = await req.read()
+            self.requests.append({"path": req.path, "method": req.method, "headers": dict(req.headers), "len": len(body)})
+            return web.Response(body=body, content_type="application/octet-stream")
+
+        async def digest(req: web.Request) -> web.Response:
+            h, n = hashlib.sha256(), 0
+            async for chunk in req.content.iter_any():
+                h.update(chunk)
+                n += len(chunk)
+            rec = {"len": n, "sha256": h.hexdigest(), "transfer_encoding": req.headers.get("Transfer-Encoding"),
+                   "expect": req.headers.get("Expect")}
+            self.requests.append({"path": req.path, "method": req.method, "headers": dict(req.headers), **rec})
+            return web.json_response(rec)
+
+        async def big(req: web.Request) -> web.Response:
+            n = int(req.query.get("n", "600000"))
+            self.requests.append({"path": req.path, "method": req.method, "headers": dict(req.headers)})
+            return web.Response(body=pattern(n), content_type="application/octet-stream")
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/hello", hello)
+        app.router.add_post("/echo", echo)
+        app.router.add_post("/digest", digest)
+        app.router.add_get("/big", big)
+        self._lt = _LoopThread()
+
+        async def start() -> tuple[Any, int]:
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+        self._runner, self.port = self._lt.call(start())
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._lt.call(self._runner.cleanup(), 10)
+        self._lt.close()
+
+
+def pattern(n: int) -> bytes:
+    """Deterministic, non-repeating-looking bytes of length ``n`` (bodies tests can check)."""
+    import hashlib
+
+    block = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(2048))  # 64 KiB
+    return (block * (n // len(block) + 1))[:n]
+
+
+class ByteCountingBackend:
+    """Counts connections and bytes received; answers any bytes with a small 200 so leaks are visible."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.connections = 0
+        outer = self
+
+        class _P(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                outer.connections += 1
+                self.t = transport
+
+            def data_received(self, data: bytes) -> None:
+                outer.bytes += len(data)
+                self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nLEAKED")  # type: ignore[attr-defined]
+                self.t.close()
+
+        self._lt = _LoopThread()
+
+        async def start() -> Any:
+            return await asyncio.get_running_loop().create_server(_P, "127.0.0.1", 0)
+
+        self._server = self._lt.call(start())
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._lt.loop.call_soon_threadsafe(self._server.close)
+        self._lt.close()
+
+
+ECHO_METHOD = "/ratls.test.Echo/Echo"
+
+
+class GrpcEchoBackend:
+    """A grpcio server (real HTTP/2) whose ``/ratls.test.Echo/Echo`` returns the request bytes."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+
+        self.calls = 0
+
+        def echo(request: bytes, context: Any) -> bytes:
+            self.calls += 1
+            return request
+
+        handler = grpc.method_handlers_generic_handler("ratls.test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                                  options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+
+def grpc_echo(target: str, payload: bytes, *, proxy_url: str | None = None, timeout: float = 20) -> bytes:
+    """One unary call to :class:`GrpcEchoBackend` at ``target``, through ``proxy_url`` (CONNECT) if given."""
+    import grpc
+
+    # a local subchannel pool: each call really opens its own connection (tests count handshakes)
+    opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
+    opts.append(("grpc.http_proxy", proxy_url) if proxy_url else ("grpc.enable_http_proxy", 0))
+    with grpc.insecure_channel(target, options=opts) as ch:
+        return ch.unary_unary(ECHO_METHOD)(payload, timeout=timeout)
