@@ -116,10 +116,24 @@ class ConfigfsTsmProvider:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         self._fs = self.fs or TsmFs()
-        self.evidence_type = TSM_PROVIDERS.get(self.expect or "", EvidenceType.TDX)
+        self._kind: EvidenceType | None = TSM_PROVIDERS.get(self.expect or "")
 
-    def get_evidence(self, report_data: bytes) -> Evidence:
-        inblob = _pad_report_data(report_data)
+    @property
+    def evidence_type(self) -> EvidenceType:
+        """TDX or SNP: named by ``expect``, else read from a probe entry's ``provider`` once."""
+        if self._kind is None:
+            entry = self._new_entry()
+            try:
+                provider = self._fs.read(entry / "provider").decode().strip()
+            finally:
+                with contextlib.suppress(OSError):
+                    self._fs.rmdir(entry)
+            if provider not in TSM_PROVIDERS:
+                raise UsageError(Reason.NO_PROVIDER, f"configfs-tsm: provider {provider!r} is not one of {sorted(TSM_PROVIDERS)}")
+            self._kind = TSM_PROVIDERS[provider]
+        return self._kind
+
+    def _new_entry(self) -> Path:
         if not self.root.is_dir():
             raise UsageError(Reason.NO_PROVIDER, f"configfs-tsm: {self.root} is not a directory (kernel without TSM reports?)")
         entry = self.root / f"ratls-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -127,6 +141,11 @@ class ConfigfsTsmProvider:
             self._fs.mkdir(entry)
         except OSError as e:
             raise UsageError(Reason.NO_PROVIDER, f"configfs-tsm: cannot create {entry}: {e}") from e
+        return entry
+
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        inblob = _pad_report_data(report_data)
+        entry = self._new_entry()
         try:
             for _ in range(TSM_RETRIES):
                 got = self._once(entry, inblob)
@@ -162,7 +181,7 @@ class ConfigfsTsmProvider:
         endorsements: tuple[bytes, ...] = ()
         if kind is EvidenceType.SNP and auxblob:
             endorsements = tuple(parse_cert_table(auxblob).values())
-        self.evidence_type = kind
+        self._kind = kind
         return Evidence(kind, outblob, endorsements)
 
 
@@ -310,12 +329,12 @@ class SimProvider:
 # --------------------------------------------------------------------------- auto and the factory
 
 
-def detect(*, tsm_root: Path = TSM_ROOT, sev_device: Path = SEV_GUEST_DEVICE, gramine_root: Path = GRAMINE_ROOT) -> EvidenceProvider:
+def detect(*, tsm_root: Path = TSM_ROOT, sev_device: Path = SEV_GUEST_DEVICE, gramine_root: Path = GRAMINE_ROOT, tsm_fs: TsmFs | None = None) -> EvidenceProvider:
     """The first provider this machine has: configfs-tsm, then /dev/sev-guest, then Gramine."""
     looked = []
     tsm_root = Path(tsm_root)
     if tsm_root.is_dir():
-        return ConfigfsTsmProvider(tsm_root)
+        return ConfigfsTsmProvider(tsm_root, fs=tsm_fs)
     looked.append(f"configfs-tsm {tsm_root}")
     if Path(sev_device).exists():
         return SevGuestProvider(Path(sev_device))
@@ -330,8 +349,9 @@ def make_provider(kind: str, **options: Any) -> EvidenceProvider:
     """Provider for ``--tee sim|snp|tdx|sgx|auto`` (and the explicit names of each interface).
 
     Options: ``tsm_root``, ``sev_device``, ``gramine_root`` (paths), ``sim_dir``, ``measurement``,
-    ``host_data``, ``debug`` (sim), ``vmpl`` (SNP).
+    ``host_data``, ``debug`` (sim), ``vmpl`` (SNP), ``tsm_fs`` (tests: a fake kernel).
     """
+    tsm_fs = options.get("tsm_fs")
     tsm_root = Path(options.get("tsm_root", TSM_ROOT))
     sev_device = Path(options.get("sev_device", SEV_GUEST_DEVICE))
     gramine_root = Path(options.get("gramine_root", GRAMINE_ROOT))
@@ -340,10 +360,10 @@ def make_provider(kind: str, **options: Any) -> EvidenceProvider:
             raise UsageError(Reason.CONFIG_INVALID, "--tee sim needs a simulator state directory (sim_dir)")
         return SimProvider(options["sim_dir"], options.get("measurement"), options.get("host_data"), bool(options.get("debug", False)))
     if kind == "tdx" or kind == "configfs-tsm":
-        return ConfigfsTsmProvider(tsm_root, expect="tdx_guest" if kind == "tdx" else None)
+        return ConfigfsTsmProvider(tsm_root, expect="tdx_guest" if kind == "tdx" else None, fs=tsm_fs)
     if kind == "snp":
         if tsm_root.is_dir():
-            return ConfigfsTsmProvider(tsm_root, expect="sev_guest", privlevel=options.get("vmpl"))
+            return ConfigfsTsmProvider(tsm_root, expect="sev_guest", privlevel=options.get("vmpl"), fs=tsm_fs)
         if sev_device.exists():
             return SevGuestProvider(sev_device, vmpl=int(options.get("vmpl", 0)))
         raise UsageError(Reason.NO_PROVIDER, f"--tee snp: neither {tsm_root} nor {sev_device} exists")
@@ -352,7 +372,7 @@ def make_provider(kind: str, **options: Any) -> EvidenceProvider:
     if kind in ("sgx", "gramine"):
         return GramineProvider(gramine_root)
     if kind == "auto":
-        return detect(tsm_root=tsm_root, sev_device=sev_device, gramine_root=gramine_root)
+        return detect(tsm_root=tsm_root, sev_device=sev_device, gramine_root=gramine_root, tsm_fs=tsm_fs)
     raise UsageError(Reason.CONFIG_INVALID, f"unknown TEE kind {kind!r}: use sim, snp, tdx, sgx or auto")
 
 

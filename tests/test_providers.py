@@ -221,3 +221,18 @@ def test_sim_provider(tmp_path):
     prov = P.make_provider("sim", sim_dir=tmp_path / "sim")
     ev = prov.get_evidence(b"\x05" * 64)
     assert ev.type is EvidenceType.SIM
+
+
+def test_configfs_tsm_evidence_type_probed_before_first_report(tmp_path):
+    """The sidecar reads ``evidence_type`` before asking for evidence: auto-detected TSM probes it."""
+    prov = P.make_provider("auto", tsm_root=tmp_path, sev_device=tmp_path / "none", gramine_root=tmp_path / "none", tsm_fs=FakeTsmKernel("sev_guest"))
+    assert prov.evidence_type is EvidenceType.SNP
+    assert list(tmp_path.iterdir()) == [], "the probe entry is removed"
+    assert P.ConfigfsTsmProvider(tmp_path, expect="tdx_guest").evidence_type is EvidenceType.TDX
+
+
+def test_snp_via_configfs_tsm_end_to_end(tmp_path):
+    table = cert_table({P.GUID_VCEK: b"vcek"})
+    prov = P.make_provider("snp", tsm_root=tmp_path, vmpl=2, tsm_fs=FakeTsmKernel("sev_guest", auxblob=table))
+    ev = prov.get_evidence(b"\x09" * 64)
+    assert ev.type is EvidenceType.SNP and ev.endorsements == (b"vcek",)
