@@ -171,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "bench": "bundle",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "host": {
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        },
         "model_bytes": total,
         "files": len(files),
         "chunk_size": DEFAULT_CHUNK_SIZE,
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Bundle throughput vs raw AES-256-GCM",
         "",
         f"{total / 1e6:.0f} MB model ({len(files)} files), 1 MiB chunks, outputs on `{doc['output_fs']}`, best of {args.repeat}, "
-        f"{os.cpu_count()} CPUs, {doc['when']}. Produced by `bench/bench_bundle.py`.",
+        f"{os.cpu_count()} CPUs (load average {doc['host']['loadavg_1m']} at the end: other jobs share them), {doc['when']}. Produced by `bench/bench_bundle.py`.",
         "",
         "| operation | best s | MB/s | vs raw |",
         "| --- | ---: | ---: | ---: |",

@@ -147,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "bench": "keybroker",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "host": {
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        },
         "evidence": "sim (SNP v3 report, ECDSA P-384 VCEK-Sim, RSA-PSS ASK/ARK chain)",
         "wrap": "JWE ECDH-ES + A256GCM to an EC P-384 ephemeral key",
         "store": "sealed JSON file read and opened per release",
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         "# Keybroker releases per second",
         "",
-        f"{doc['when']}, {os.cpu_count()} CPUs, produced by `bench/bench_keybroker.py`. Evidence: {doc['evidence']}; {doc['wrap']}.",
+        f"{doc['when']}, {os.cpu_count()} CPUs (load average {doc['host']['loadavg_1m']}: other jobs share them), produced by `bench/bench_keybroker.py`. Evidence: {doc['evidence']}; {doc['wrap']}.",
         "",
         "| path | releases | releases/s | median ms | p95 ms |",
         "| --- | ---: | ---: | ---: | ---: |",
