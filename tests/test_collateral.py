@@ -175,3 +175,26 @@ def test_several_candidates_the_matching_one_is_used():
     v = verify_evidence(ev, VerifyOptions(now=ref_time(mob)))
     assert v.verified, v.error
     assert v.claims["tcb-status"] == "SWHardeningNeeded"
+
+
+def test_getter_fills_only_what_endorsements_lack():
+    """The root CRL rides along; the PCK CRL and the JSON bodies come from the getter."""
+    from ratls.evidence import DictGetter
+
+    ev = Evidence(EvidenceType.TDX, read(SPR, "tdx_prod_quote_SPR_E4.dat"), (read(SPR, "rootcrl.der"),))
+    asked: list[str] = []
+    items = {
+        "crl/pck-platform": read(SPR, "pckcrl.der"),
+        "tcbinfo/tdx/50806f000000": read(SPR, "sample_tcbInfo_response.json"),
+        "qeidentity/tdx": read(SPR, "sample_qeIdentity_response.json"),
+    }
+
+    class Recording(DictGetter):
+        def get(self, key):
+            asked.append(key)
+            return super().get(key)
+
+    v = verify_evidence(ev, VerifyOptions(now=ref_time(SPR), collateral=Recording(items)))
+    assert "crl/pck-platform" in asked and "crl/root" not in asked
+    assert (v.error.step, v.error.reason) == ("tcb-level-match", Reason.TCB_LEVEL_NOT_FOUND), "complete collateral: the real verdict"
+    assert next(s for s in v.steps if s.name == "crl-revocation").ok

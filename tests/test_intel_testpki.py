@@ -189,3 +189,23 @@ def test_engine_td_attribute_refusal_left_to_policy():
     engine = next(s for s in v.steps if s.name == "dcap-qvl")
     assert "SEPT_VE_DISABLE" in engine.detail
     assert v.claims["tcb-status"] == "UpToDate" and v.claims["crl-checked"] is True
+
+
+def test_engine_refusal_named_by_the_steps():
+    """Complete fresh collateral, a tampered TCB info: dcap-qvl refuses, our steps name the check."""
+    ev, opts = DcapTestPki().build()
+    tampered = ev.endorsements[0].replace(b'"tcbStatus":"UpToDate"', b'"tcbStatus":"OutOfDate"', 1)
+    assert tampered != ev.endorsements[0]
+    v = verify_evidence(Evidence(ev.type, ev.data, (tampered, *ev.endorsements[1:])), opts)
+    assert (v.error.step, v.error.reason) == ("tcb-info-signature", Reason.COLLATERAL_SIGNATURE)
+
+
+def test_engine_reason_table():
+    from ratls.intel.verify import engine_reason
+
+    assert engine_reason("Verification failed: No matching TCB level found") == ("tcb-level-match", Reason.TCB_LEVEL_NOT_FOUND)
+    assert engine_reason("Verification failed: TCBInfo expired") == ("collateral", Reason.COLLATERAL_EXPIRED)
+    assert engine_reason("Signature is invalid for qe_report in quote") == ("qe-report-signature", Reason.BAD_SIGNATURE)
+    assert engine_reason("QE report hash mismatch") == ("qe-report-data", Reason.KEY_BINDING)
+    assert engine_reason("Reserved bits in TD attributes") == ("dcap-qvl", Reason.MUST_BE_ZERO)
+    assert engine_reason("something new") == ("dcap-qvl", Reason.BAD_SIGNATURE)

@@ -251,6 +251,11 @@ def classify(item: bytes, into: Collateral) -> str:
     return kind
 
 
+def _issuer_cn(crl: x509.CertificateRevocationList) -> str:
+    attrs = crl.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
+
+
 def gather(endorsements: tuple[bytes, ...], getter: Any, *, tee: str, fmspc: str, pck_ca: str | None) -> Collateral:
     """Collateral from endorsements first, then ``getter`` for what is still missing."""
     col = Collateral()
@@ -264,10 +269,11 @@ def gather(endorsements: tuple[bytes, ...], getter: Any, *, tee: str, fmspc: str
         keys.append(KEY_TCBINFO.format(tee=tee, fmspc=fmspc.lower()))
     if col.qe_identity is None:
         keys.append(KEY_QEIDENTITY.format(tee=tee))
-    if not col.crls:
+    issuers = [_issuer_cn(c) for c in col.crls]
+    if not any("Root CA" in i for i in issuers):
         keys.append(KEY_CRL_ROOT)
-        if pck_ca:
-            keys.append(KEY_CRL_PCK.format(ca=pck_ca))
+    if pck_ca and not any("PCK" in i for i in issuers):
+        keys.append(KEY_CRL_PCK.format(ca=pck_ca))
     keys.append(KEY_CHAIN_TCB)
     for key in keys:
         blob = getter.get(key)
