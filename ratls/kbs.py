@@ -230,9 +230,9 @@ class KbsCore:
 
     # housekeeping ----------------------------------------------------------------------------
     def _expire(self, t: float) -> None:
-        for store in (self._challenges,):
-            while store and next(iter(store.values())).expires < t - self.nonce_ttl_s:
-                store.popitem(last=False)
+        # an expired challenge is kept one more ttl so a late attest hears "expired", not "unknown"
+        while self._challenges and next(iter(self._challenges.values())).expires < t - self.nonce_ttl_s:
+            self._challenges.popitem(last=False)
         while self._used and next(iter(self._used.values())) < t:
             self._used.popitem(last=False)
         for sid in [s for s, v in self._sessions.items() if v.expires < t]:

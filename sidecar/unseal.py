@@ -195,15 +195,22 @@ def fetch_key(
             )
             if res.status != 200:
                 raise _refusal("attest", res)
-            session = res.body["session"]
+            session = _field(res, "session", "attest")
             res = _call(f"{base}/kbs/v0/resource/{key_id}", None, ctx, headers={"Authorization": f"Bearer {session}"})
             if res.status != 200:
                 raise _refusal("resource", res)
-            key = unwrap_secret(res.body["jwe"], eph, secret_id=key_id)
+            key = unwrap_secret(_field(res, "jwe", "resource"), eph, secret_id=key_id)
             return Released(key, res.body.get("rules") or [], attempt + 1)
         except _Transient as e:
             last = str(e)
     raise KeybrokerUnreachable(Reason.UNREACHABLE, f"keybroker {base} unreachable after {retries + 1} attempts: {last}", step="keybroker")
+
+
+def _field(res: HttpResult, name: str, step: str) -> str:
+    value = res.body.get(name)
+    if not isinstance(value, str) or not value:
+        raise VerificationError(Reason.BAD_FORMAT, f"keybroker answered 200 without a {name!r}", step=step)
+    return value
 
 
 def _call(url: str, data: Any, ctx: ssl.SSLContext | None, headers: dict[str, str] | None = None) -> HttpResult:
