@@ -387,25 +387,36 @@ def _match_qe_identity(ctx: _Ctx, sj: SignedJson) -> TcbVerdict:
 
 
 def _match_tcb(ctx: _Ctx, sj: SignedJson) -> TcbVerdict:
+    """Platform TCB level (and, for TDX, the module identity). A TDX 1.5 body with a non-zero
+    TEE_TCB_SVN2 (the module after a runtime update) is ranked on both SVNs, the worse wins."""
     assert ctx.ext is not None
     body, q = sj.body, ctx.q
     td = q.body if isinstance(q.body, TdReport) else None
+    svns: list[bytes | None] = [None]
+    if td is not None:
+        svns = [td.tee_tcb_svn]
+        if td.tee_tcb_svn2 is not None and any(td.tee_tcb_svn2) and td.tee_tcb_svn2 != td.tee_tcb_svn:
+            svns.append(td.tee_tcb_svn2)
+    verdict: TcbVerdict | None = None
     try:
-        level = match_platform_level(body["tcbLevels"], ctx.ext.cpu_svn, ctx.ext.pce_svn, td.tee_tcb_svn if td else None)
-        if level is None:
-            svn = f", TEE_TCB_SVN {td.tee_tcb_svn.hex()}" if td else ""
-            raise VerificationError(Reason.TCB_LEVEL_NOT_FOUND, f"no TCB level matches CPUSVN {ctx.ext.cpu_svn.hex()}, PCESVN {ctx.ext.pce_svn}{svn}")
-        verdict = verdict_of(level)
-        if td is not None:
-            verdict = verdict.merge(_match_tdx_module(body, td))
+        for svn in svns:
+            level = match_platform_level(body["tcbLevels"], ctx.ext.cpu_svn, ctx.ext.pce_svn, svn)
+            if level is None:
+                tee = f", TEE_TCB_SVN {svn.hex()}" if svn is not None else ""
+                raise VerificationError(Reason.TCB_LEVEL_NOT_FOUND, f"no TCB level matches CPUSVN {ctx.ext.cpu_svn.hex()}, PCESVN {ctx.ext.pce_svn}{tee}")
+            v = verdict_of(level)
+            if td is not None and svn is not None:
+                v = v.merge(_match_tdx_module(body, td, svn))
+            verdict = v if verdict is None else verdict.merge(v)
     except (KeyError, ValueError, TypeError, IndexError) as e:
         raise CollateralError(Reason.BAD_FORMAT, f"TCB info lacks or garbles {e}") from e
+    assert verdict is not None
     return verdict
 
 
-def _match_tdx_module(body: dict, td: TdReport) -> TcbVerdict:
+def _match_tdx_module(body: dict, td: TdReport, tee_tcb_svn: bytes) -> TcbVerdict:
     """TDX module identity (TDX 1.5: ``tdxModuleIdentities`` by TEE_TCB_SVN[1]) or plain ``tdxModule``."""
-    version, isvsvn = td.tee_tcb_svn[1], td.tee_tcb_svn[0]
+    version, isvsvn = tee_tcb_svn[1], tee_tcb_svn[0]
     module = body.get("tdxModule")
     if module is not None:
         if bytes.fromhex(module["mrsigner"]) != td.mr_signer_seam:
@@ -511,7 +522,7 @@ def _tcb_date(ctx: _Ctx, tcb_info: SignedJson) -> str | None:
     """The matched level's date (dcap-qvl does not return it), memoised on what the match reads."""
     td = ctx.q.body if isinstance(ctx.q.body, TdReport) else None
     assert ctx.ext is not None
-    key = (tcb_info.signed, ctx.ext.cpu_svn, ctx.ext.pce_svn, td.raw[:TD_ATTRIBUTES.start] if td else None)
+    key = (tcb_info.signed, ctx.ext.cpu_svn, ctx.ext.pce_svn, td.raw[:TD_ATTRIBUTES.start] if td else None, td.tee_tcb_svn2 if td else None)
     if key not in _TCB_DATES:
         if len(_TCB_DATES) > 256:
             _TCB_DATES.clear()
