@@ -192,9 +192,10 @@ def make_inputs(model: str, width: int, batch: int) -> tuple[np.ndarray, np.ndar
 
 
 def run_load(infer_factory: Callable[[], tuple[Infer, Callable[[], None]]], *, kind: str, model: str, x: np.ndarray,
-             labels: np.ndarray | None, cnum: int, loop: int, channel: str, out=sys.stdout, quiet: bool = False,
+             labels: np.ndarray | None, cnum: int, loop: int, channel: str, out=None, quiet: bool = False,
              progress: bool | None = None) -> Summary:
     """``cnum`` threads, each with its own client, ``loop`` queries each; prints and summarizes."""
+    out = out or sys.stdout
     batch = len(x)
     lock = threading.Lock()
     latencies: list[float] = []
