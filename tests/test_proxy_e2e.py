@@ -199,3 +199,15 @@ def test_byte_counting_backend_counts(tmp_path):
         assert b.bytes > 0 and b.connections == 1
     finally:
         b.stop()
+
+
+def test_connection_limit_and_idle_timeout_answer_clearly(tmp_path, http_backend):
+    opts = {"max_connections": 1, "idle_timeout": 1}
+    with pair(tmp_path, http_backend=http_backend.addr, proxy_options=opts) as p, socket.create_connection(("127.0.0.1", p.proxy_port), timeout=10) as first:
+        first.sendall(b"GET http://inference.test:8000/hello HTTP/1.1\r\nHost: inference.test:8000\r\n\r\n")
+        assert first.recv(65536).startswith(b"HTTP/1.1 200 ")
+        with socket.create_connection(("127.0.0.1", p.proxy_port), timeout=10) as second:
+            data = second.recv(65536)
+            assert data.startswith(b"HTTP/1.1 503 ") and b"connection limit" in data
+        # the idle first connection is closed by the proxy (idle timeout), not left hanging
+        assert first.recv(65536) == b""
