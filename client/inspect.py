@@ -132,14 +132,7 @@ def inspect(target: str, *, collateral: tuple[bytes, ...], now: datetime, policy
         raise UsageError(Reason.CONFIG_INVALID, f"{target}: no such file, and not host:port")
     opts = VerifyOptions(now=now, sim_root=sim_root)
     if source == "tls" or _looks_like_certificate(data):
-        v = verify_certificate(data, opts, policy)
-        # endorsements given on the command line complement the certificate's own
-        if collateral and not v.verified and v.error is not None and v.error.reason is Reason.MISSING_ENDORSEMENT:
-            from ratls.certificate import parse_ratls_certificate
-
-            rc = parse_ratls_certificate(data)
-            raw = Evidence(rc.evidence.type, rc.evidence.data, rc.evidence.endorsements + collateral)
-            return _raw_result(raw, opts, policy, target, "certificate+collateral")
+        v = verify_certificate(data, opts, policy, extra_endorsements=collateral)
         out = {
             "target": target,
             "kind": "certificate",

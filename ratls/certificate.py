@@ -295,8 +295,13 @@ def verify_certificate(
     policy: Policy | None,
     *,
     expected_nonce: bytes | None = None,
+    extra_endorsements: tuple[bytes, ...] = (),
 ) -> CertVerdict:
-    """Never raises on hostile input: the verdict carries the failed step and reason."""
+    """Never raises on hostile input: the verdict carries the failed step and reason.
+
+    ``extra_endorsements`` (a reviewer's ``--collateral``, a local cache) complement the ones the
+    certificate carries; they can only help a chain verify, never replace a binding check.
+    """
     trail = Trail()
     digest = hashlib.sha256(data).hexdigest()
     claims: dict[str, Any] = {}
@@ -322,7 +327,10 @@ def verify_certificate(
                 if not secrets.compare_digest(ph[1], want):
                     raise VerificationError(Reason.KEY_BINDING, f"evidence is bound to key {ph[1].hex()[:16]}..., certificate key is {want.hex()[:16]}...")
                 s.detail = f"claims name this certificate's key (sha256 {want.hex()[:16]}...)"
-        result = verify_evidence(rc.evidence, options)
+        evidence = rc.evidence
+        if extra_endorsements:
+            evidence = Evidence(evidence.type, evidence.data, evidence.endorsements + tuple(extra_endorsements))
+        result = verify_evidence(evidence, options)
         trail.steps.extend(result.steps)
         if result.error is not None:
             raise result.error

@@ -181,3 +181,17 @@ def test_flipped_byte_in_evidence_is_refused(sim):
     ext = cbor2.dumps(cbor2.CBORTag(wire.TAG_SIM_REPORT, [bytes(data), rc.claims_bytes]))
     v = verify_certificate(_rebuild(der, key, evidence_ext=ext), VerifyOptions(now=NOW, sim_root=sim.root_der), policy())
     assert not v.verified and v.error.reason is Reason.BAD_SIGNATURE and v.failed_step == "report-signature"
+
+
+def test_extra_endorsements_complement_but_never_replace_binding():
+    name = "snp/gsg-milan-v2-noidblock"
+    report, vcek = vectors.read(name, "attestation.bin"), vectors.read(name, "vcek.der")
+    t = vectors.ref_time(name)
+    cert = issue_certificate(new_key(), lambda rd: Evidence(EvidenceType.SNP, report, ()), now=t + timedelta(minutes=1))
+    der = cert.public_bytes(Encoding.DER)
+    opts = VerifyOptions(now=t + timedelta(minutes=2))
+    bare = verify_certificate(der, opts, None)
+    assert bare.failed_step == "find-endorsement" and bare.error.reason is Reason.MISSING_ENDORSEMENT
+    helped = verify_certificate(der, opts, None, extra_endorsements=(vcek,))
+    assert any(s.name == "chain-to-root" and s.ok for s in helped.steps)
+    assert helped.failed_step == "report-data-binding" and not helped.verified
