@@ -99,8 +99,8 @@ def nginx_tls_terminator(prefix: Path, workers: int, cert: Path, key: Path, h1_p
     tls = f"""    ssl_certificate {cert};
     ssl_certificate_key {key};
     ssl_protocols TLSv1.3;
-    ssl_session_cache off;
-    ssl_session_tickets off;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_tickets on;
 """
     body = f"""  upstream be_http {{ server 127.0.0.1:{http_backend}; keepalive 256; }}
   upstream be_h2c {{ server 127.0.0.1:{h2c_backend}; keepalive 256; }}
