@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 from ratls.errors import Reason, UsageError
 from ratls.policy import Policy, parse_policy
 
-from .obs import install_uvloop, parse_hostport
+from .obs import install_uvloop, parse_hostport, run_workers
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -49,10 +50,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect-timeout", type=float, help="seconds for TCP + TLS to a sidecar (default 10)")
     parser.add_argument("--response-timeout", type=float, help="seconds to wait for a response head (default 300): over it, 504")
     parser.add_argument("--reuse-port", action="store_true", default=None, help="SO_REUSEPORT on the listeners (several processes)")
+    parser.add_argument("--workers", type=int, help="processes sharing the listeners via SO_REUSEPORT (default 1); admin on the first")
 
 
 _SCALARS = {"listen", "policy", "sim_dir", "admin", "log", "max_header_bytes", "max_connections", "idle_timeout", "connect_timeout",
-            "response_timeout", "reuse_port"}
+            "response_timeout", "reuse_port", "workers"}
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
@@ -146,8 +148,13 @@ def build_config(args: argparse.Namespace) -> Any:
         sim_root=load_sim_root(opts.get("sim_dir")),
         admin=parse_hostport(str(opts["admin"]), "--admin") if opts.get("admin") else None,
         log_path=opts.get("log"),
-        reuse_port=bool(opts.get("reuse_port")),
+        reuse_port=bool(opts.get("reuse_port")) or int(opts.get("workers") or 1) > 1,
     )
+    cfg.workers = int(opts.get("workers") or 1)
+    if cfg.workers < 1:
+        raise UsageError(Reason.CONFIG_INVALID, "--workers must be at least 1")
+    if cfg.workers > 1 and (cfg.listen[1] == 0 or any(port == 0 for (_, port), _ in maps)):
+        raise UsageError(Reason.CONFIG_INVALID, "--workers > 1 needs fixed listen ports (port 0 would differ per worker)")
     for name, attr in (("max_header_bytes", "max_head"), ("max_connections", "max_connections"), ("idle_timeout", "idle_timeout"),
                        ("connect_timeout", "connect_timeout"), ("response_timeout", "response_timeout")):
         if opts.get(name) is not None:
@@ -175,15 +182,20 @@ def run(args: argparse.Namespace) -> int:
     for r in cfg.routes.values():
         if r.policy is None:
             print(f"ratls proxy: warning: {r.service} has no policy; every connection to it will be refused", file=sys.stderr)
-    install_uvloop()
 
     def ready(p: Any) -> None:
         maps = ", ".join(f"{listen} -> {svc} (port {port})" for listen, svc, port in p.maps_bound)
         print(f"ratls proxy: listening on {cfg.listen[0]}:{p.port}" + (f"; maps {maps}" if maps else "")
+              + (f"; {cfg.workers} workers" if cfg.workers > 1 else "")
               + ("" if cfg.sim_root is None else "; trusting the local simulated TEE root for policies that name sim"), flush=True)
 
-    try:
-        asyncio.run(serve_forever(cfg, ready))
-    except KeyboardInterrupt:
-        return 0
+    def worker(i: int) -> None:
+        import dataclasses
+
+        install_uvloop()
+        wcfg = cfg if i == 0 else dataclasses.replace(cfg, admin=None)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_forever(wcfg, ready if i == 0 else None))
+
+    run_workers(cfg.workers, worker)
     return 0

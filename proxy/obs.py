@@ -8,6 +8,7 @@ several servers in one test process do not share counters.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -114,3 +115,36 @@ def install_uvloop() -> None:
     import asyncio
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run_workers(n: int, main: Callable[[int], None]) -> None:
+    """Run ``main(i)`` in ``n`` processes sharing SO_REUSEPORT listeners (the kernel spreads
+    connections). Forks before any event loop or thread exists; worker 0 is this process and owns
+    the admin port. Each worker keeps its own verdict cache / certificate. SIGTERM to this process
+    stops the workers it started."""
+    import signal
+
+    if n <= 1:
+        main(0)
+        return
+    children: list[int] = []
+    for i in range(1, n):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                main(i)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    try:
+        main(0)
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)

@@ -87,6 +87,8 @@ class ProxyConfig:
     response_timeout: float = 300.0
     pool_size: int = 64
     reuse_port: bool = False
+    #: processes sharing the listeners (SO_REUSEPORT); each has its own pool and verdict cache
+    workers: int = 1
 
 
 class Refused(Exception):

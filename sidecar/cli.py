@@ -42,6 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve", choices=("P-256", "P-384"), help="key curve (default P-256)")
     parser.add_argument("--dns-name", action="append", help="DNS name for the certificate's SAN (repeatable)")
     parser.add_argument("--reuse-port", action="store_true", default=None, help="SO_REUSEPORT on the listener (several processes)")
+    parser.add_argument("--workers", type=int, help="processes sharing the listener via SO_REUSEPORT, each with its own key and certificate (default 1)")
     sub = parser.add_subparsers(dest="sidecar_command", metavar="unseal")
     sub.required = False
     try:
@@ -138,12 +139,12 @@ def build_config(opts: dict[str, Any]) -> Any:
         rotate_at=rotate_at,
         dns_names=tuple([dns] if isinstance(dns, str) else dns),
         curve=opts["curve"],
-        reuse_port=bool(opts.get("reuse_port")),
+        reuse_port=bool(opts.get("reuse_port")) or int(opts.get("workers") or 1) > 1,
     )
 
 
 _KNOWN = {"config", "tee", "sim_measurement", "sim_host_data", "sim_dir", "sim_debug", "listen", "http_backend", "grpc_backend",
-          "admin", "log", "lifetime", "rotate_at", "curve", "dns_name", "reuse_port", "sidecar_command"}
+          "admin", "log", "lifetime", "rotate_at", "curve", "dns_name", "reuse_port", "workers", "sidecar_command"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,15 +156,24 @@ def run(args: argparse.Namespace) -> int:
         return int(unseal.run(args) or 0)
     opts = merged(args, _KNOWN)
     cfg = build_config(opts)
-    from .server import serve_forever
+    workers = int(opts.get("workers") or 1)
+    if workers < 1 or (workers > 1 and cfg.listen[1] == 0):
+        raise UsageError(Reason.CONFIG_INVALID, "--workers must be at least 1, and more than 1 needs a fixed --listen port")
+    from proxy.obs import run_workers
 
-    install_uvloop()
+    from .server import serve_forever
 
     def ready(sc: Any) -> None:
         print(f"ratls sidecar: listening on {cfg.listen[0]}:{sc.port} ({cfg.evidence_type}), cert sha256 {sc.cert_sha256}", flush=True)
 
-    try:
-        asyncio.run(serve_forever(cfg, ready))
-    except KeyboardInterrupt:
-        return 0
+    def worker(i: int) -> None:
+        import contextlib
+        import dataclasses
+
+        install_uvloop()
+        wcfg = cfg if i == 0 else dataclasses.replace(cfg, admin=None)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_forever(wcfg, ready if i == 0 else None))
+
+    run_workers(workers, worker)
     return 0

@@ -10,6 +10,7 @@ import hashlib
 import json
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 import requests
@@ -211,3 +212,17 @@ def test_connection_limit_and_idle_timeout_answer_clearly(tmp_path, http_backend
             assert data.startswith(b"HTTP/1.1 503 ") and b"connection limit" in data
         # the idle first connection is closed by the proxy (idle timeout), not left hanging
         assert first.recv(65536) == b""
+
+
+def test_workers_share_the_listener(tmp_path, http_backend):
+    with pair(tmp_path, http_backend=http_backend.addr, mode="process", proxy_options={"workers": 2}) as p:
+        for _ in range(6):  # new client connections each time: the kernel spreads them over both workers
+            r = curl("-x", p.proxy_url, f"http://{p.http_service}/hello")
+            assert r.returncode == 0 and r.stdout == b"hello from the backend"
+        parent = p._procs["proxy"].pid
+        children = [int(c) for c in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+        assert len(children) == 1, "one forked worker besides the first"
+        pids = {int(h["conn_id"].split("-")[1]) for h in p.proxy_events("handshake")}
+        assert pids <= {parent, *children}
+    assert not Path(f"/proc/{children[0]}").exists() or "Z" in Path(f"/proc/{children[0]}/stat").read_text().split(")")[1][:3], \
+        "stopping the proxy stops its workers"
