@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -72,6 +73,7 @@ def clear_memos() -> None:
     iv._tcb_signer_ok.cache_clear()
     iv._ENGINE_COLLATERAL.clear()
     iv._TCB_DATES.clear()
+    iv._ENGINE_FIT.clear()
     iv._der.cache_clear()
     iv._cn.cache_clear()
     col_mod.recognise.cache_clear()
@@ -137,6 +139,7 @@ def main() -> int:
     def real_refused() -> None:
         verify_evidence(real, real_opts)
 
+    load_before = os.getloadavg()[0]
     lines = {"raw signatures": raw_sigs, "dcap-qvl verify": qvl, "ratls cached": ours, "ratls cold": cold, "real vector (refused: no TCB level)": real_refused}
     samples: dict[str, list[float]] = {k: [] for k in lines}
     for _ in range(args.rounds):  # interleaved so drift hits every line alike
@@ -157,6 +160,8 @@ def main() -> int:
         "ratio_ratls_over_dcap_qvl": round(overhead, 3),
         "ratio_ratls_over_dcap_qvl_median": round(overhead_med, 3),
         "ratio_cold_over_dcap_qvl": round(best["dcap-qvl verify"] / best["ratls cold"], 3),
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpus": os.cpu_count(),
         "goal": "ratls cached <= 1.30x dcap-qvl verify",
         "goal_met": overhead <= 1.30,
     }
@@ -167,7 +172,9 @@ def main() -> int:
 
 TDX quote v4 (go-tdx-guest SPR header and body, re-signed under the test PKI) with complete collateral
 (TCB info, QE identity, root and PCK CRLs). Python {out['python']}, cryptography {out['cryptography']},
-dcap-qvl {out['dcap_qvl']}; best of {args.rounds} interleaved rounds (medians in dcap.json). Produced by `bench/bench_dcap.py`.
+dcap-qvl {out['dcap_qvl']}; best of {args.rounds} interleaved rounds (medians in dcap.json); {out['cpus']} CPUs,
+1-minute load average {out['load_average_1m'][0]} before / {out['load_average_1m'][1]} after (other work shared the machine).
+Produced by `bench/bench_dcap.py`.
 
 | what | per second | µs each |
 | --- | ---: | ---: |

@@ -26,7 +26,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from cryptography import x509
@@ -52,11 +52,11 @@ class SignedJson:
     signature: bytes
     source: bytes
 
-    @property
+    @cached_property
     def issue_date(self) -> datetime:
         return parse_time(self.body.get("issueDate"), f"{self.kind}.issueDate")
 
-    @property
+    @cached_property
     def next_update(self) -> datetime:
         return parse_time(self.body.get("nextUpdate"), f"{self.kind}.nextUpdate")
 

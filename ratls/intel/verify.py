@@ -494,16 +494,27 @@ def engine_reason(message: str) -> tuple[str, Reason]:
     return "dcap-qvl", Reason.BAD_SIGNATURE
 
 
+_ENGINE_FIT: dict[tuple, datetime | None] = {}
+
+
 def _engine_applies(ctx: _Ctx) -> bool:
+    """Complete collateral (root CRL and this PCK CA's CRL among it), none of it past nextUpdate."""
     col = ctx.col
     if not col.complete:
         return False
-    issuers = {c.issuer for c in col.crls}
-    if not {ctx.chain[1].subject, ctx.chain[-1].subject} <= issuers:
-        return False  # dcap-qvl needs the root CRL and this PCK CA's CRL; the steps say what is missing
-    times = [col.tcb_info.next_update, col.qe_identity.next_update]  # type: ignore[union-attr]
-    times += [c.next_update_utc for c in col.crls if c.next_update_utc is not None]
-    return all(t >= ctx.now for t in times)
+    key = (tuple(col.crl_raw), ctx.q.pck_chain_pem, col.tcb_info.source, col.qe_identity.source)  # type: ignore[union-attr]
+    if key not in _ENGINE_FIT:
+        if len(_ENGINE_FIT) > 256:
+            _ENGINE_FIT.clear()
+        issuers = {c.issuer for c in col.crls}
+        if not {ctx.chain[1].subject, ctx.chain[-1].subject} <= issuers:
+            _ENGINE_FIT[key] = None  # dcap-qvl needs both CRLs; the steps say what is missing
+        else:
+            times = [col.tcb_info.next_update, col.qe_identity.next_update]  # type: ignore[union-attr]
+            times += [c.next_update_utc for c in col.crls if c.next_update_utc is not None]
+            _ENGINE_FIT[key] = min(times)
+    earliest = _ENGINE_FIT[key]
+    return earliest is not None and earliest >= ctx.now
 
 
 def _engine_root_der(ctx: _Ctx) -> bytes:
@@ -559,7 +570,7 @@ def _engine(ctx: _Ctx, trail: Trail) -> str | None:
     t0 = time.perf_counter()
     signers = [c for c in [*col.certs, *tcb_signing_certs()] if "TCB Signing" in _cn(c.subject)]
     signer = next((c for c in signers if c.not_valid_before_utc <= ctx.now <= c.not_valid_after_utc), signers[0])
-    key = (col.tcb_info.source, col.qe_identity.source, tuple(col.crl_raw), ctx.q.pck_chain_pem, signer.tbs_certificate_bytes)
+    key = (col.tcb_info.source, col.qe_identity.source, tuple(col.crl_raw), ctx.q.pck_chain_pem, _der(signer))
     qvl_col = _engine_collateral(key, col, ctx.chain, signer)
     try:
         report = dcap_qvl.verify_with_root_ca(ctx.q.raw, qvl_col, _engine_root_der(ctx), int(ctx.now.timestamp()))
