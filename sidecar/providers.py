@@ -326,6 +326,48 @@ class SimProvider:
         return self._authority.report(_pad_report_data(report_data), **kw)
 
 
+# --------------------------------------------------------------------------- DCAP collateral
+
+
+@dataclass
+class WithIntelCollateral:
+    """Wraps a TDX/SGX provider: appends DCAP collateral from a getter to the endorsements.
+
+    Verifiers then check the quote offline from the certificate alone (DESIGN.md: endorsements ride
+    in OID 2.23.133.5.4.2). ``getter`` is a :class:`ratls.io.collateral.CacheDir`, a
+    :class:`~ratls.io.collateral.PccsGetter` or a chain of them; missing items are simply left out
+    (the verifier reports what it could not check).
+    """
+
+    inner: EvidenceProvider
+    getter: Any
+
+    @property
+    def name(self) -> str:
+        return f"{self.inner.name}+collateral"
+
+    @property
+    def evidence_type(self) -> EvidenceType:
+        return self.inner.evidence_type
+
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        ev = self.inner.get_evidence(report_data)
+        if ev.type not in (EvidenceType.TDX, EvidenceType.SGX):
+            return ev
+        from ratls.intel.collateral import KEY_CHAIN_TCB, KEY_CRL_PCK, KEY_CRL_ROOT, KEY_QEIDENTITY, KEY_TCBINFO, parse_pem_chain
+        from ratls.intel.pck import pck_extension
+        from ratls.intel.quote import parse_quote
+
+        q = parse_quote(ev.data)
+        chain = parse_pem_chain(q.pck_chain_pem)
+        fmspc = pck_extension(chain[0]).fmspc.hex()
+        tee = "tdx" if ev.type is EvidenceType.TDX else "sgx"
+        ca = "processor" if len(chain) > 1 and "Processor" in chain[1].subject.rfc4514_string() else "platform"
+        keys = [KEY_TCBINFO.format(tee=tee, fmspc=fmspc), KEY_QEIDENTITY.format(tee=tee), KEY_CRL_ROOT, KEY_CRL_PCK.format(ca=ca), KEY_CHAIN_TCB]
+        extra = tuple(b for b in (self.getter.get(k) for k in keys) if b)
+        return Evidence(ev.type, ev.data, ev.endorsements + extra)
+
+
 # --------------------------------------------------------------------------- auto and the factory
 
 
@@ -384,6 +426,7 @@ __all__ = [
     "SimProvider",
     "SnpIoctlResult",
     "TsmFs",
+    "WithIntelCollateral",
     "detect",
     "make_provider",
     "parse_cert_table",

@@ -236,3 +236,30 @@ def test_snp_via_configfs_tsm_end_to_end(tmp_path):
     prov = P.make_provider("snp", tsm_root=tmp_path, vmpl=2, tsm_fs=FakeTsmKernel("sev_guest", auxblob=table))
     ev = prov.get_evidence(b"\x09" * 64)
     assert ev.type is EvidenceType.SNP and ev.endorsements == (b"vcek",)
+
+
+def test_tdx_quote_from_configfs_with_collateral_verifies_offline(tmp_path):
+    """A real TDX quote out of the (fake) kernel, collateral from a cache dir: verifiable from endorsements alone."""
+    from ratls.evidence import VerifyOptions, verify_evidence
+    from ratls.io.collateral import CacheDir
+    from tests.vectors import read, ref_time
+
+    name = "tdx/trustee-gnr-v4-tcbinfo"
+    quote = read(name, "tdx_quote_6.dat")
+
+    class QuoteKernel(FakeTsmKernel):
+        def write(self, path, data):
+            super().write(path, data)
+            if path.name == "inblob":
+                (path.parent / "outblob").write_bytes(quote)
+
+    cache = CacheDir(tmp_path / "cache")
+    cache.put("tcbinfo/tdx/00a06d080000", read(name, "tcbInfo.json"))
+    cache.put("qeidentity/tdx", read(name, "enclaveIdentity.json"))
+    (tmp_path / "tsm").mkdir()
+    prov = P.WithIntelCollateral(P.make_provider("tdx", tsm_root=tmp_path / "tsm", tsm_fs=QuoteKernel("tdx_guest")), cache)
+    ev = prov.get_evidence(b"r")
+    assert len(ev.endorsements) == 2 and prov.evidence_type is EvidenceType.TDX
+    v = verify_evidence(ev, VerifyOptions(now=ref_time(name)))
+    assert v.verified, v.error
+    assert v.claims["tcb-status"] == "OutOfDate"
