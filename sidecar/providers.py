@@ -388,6 +388,15 @@ def detect(*, tsm_root: Path = TSM_ROOT, sev_device: Path = SEV_GUEST_DEVICE, gr
 
 
 def make_provider(kind: str, **options: Any) -> EvidenceProvider:
+    """See :func:`_make_provider`; with option ``collateral`` (a getter) TDX/SGX evidence carries DCAP collateral."""
+    prov = _make_provider(kind, **options)
+    getter = options.get("collateral")
+    if getter is not None and kind != "sim":
+        return WithIntelCollateral(prov, getter)
+    return prov
+
+
+def _make_provider(kind: str, **options: Any) -> EvidenceProvider:
     """Provider for ``--tee sim|snp|tdx|sgx|auto`` (and the explicit names of each interface).
 
     Options: ``tsm_root``, ``sev_device``, ``gramine_root`` (paths), ``sim_dir``, ``measurement``,

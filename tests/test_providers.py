@@ -257,7 +257,8 @@ def test_tdx_quote_from_configfs_with_collateral_verifies_offline(tmp_path):
     cache.put("tcbinfo/tdx/00a06d080000", read(name, "tcbInfo.json"))
     cache.put("qeidentity/tdx", read(name, "enclaveIdentity.json"))
     (tmp_path / "tsm").mkdir()
-    prov = P.WithIntelCollateral(P.make_provider("tdx", tsm_root=tmp_path / "tsm", tsm_fs=QuoteKernel("tdx_guest")), cache)
+    prov = P.make_provider("tdx", tsm_root=tmp_path / "tsm", tsm_fs=QuoteKernel("tdx_guest"), collateral=cache)
+    assert isinstance(prov, P.WithIntelCollateral)
     ev = prov.get_evidence(b"r")
     assert len(ev.endorsements) == 2 and prov.evidence_type is EvidenceType.TDX
     v = verify_evidence(ev, VerifyOptions(now=ref_time(name)))
