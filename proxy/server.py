@@ -55,6 +55,8 @@ from .obs import JsonLog, next_conn_id, utcnow
 from .relay import Endpoint, Mode, splice
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: methods retried once when a pooled upstream connection turns out dead (RFC 9110 9.2.2; as Go's http.Transport)
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 ALPN_H2 = "h2"
 ALPN_HTTP1 = "http/1.1"
 REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 431: "Request Header Fields Too Large",
@@ -462,12 +464,13 @@ class Proxy:
         host_header = req.get(b"host") or (host if port == 80 else b"%s:%d" % (host, port))
         head = upstream_head(req, path, host_header)
         up, pooled = await self._upstream_or_answer(c, route, peer, has_body)
-        if up is None:
-            return not has_body and req.keep_alive and pooled
+        if up is None:  # refused or unreachable: answered already
+            return not has_body and req.keep_alive
         try:
-            ok = await self._exchange(c, up, req, head, BodyFramer(framing, length))
+            ok = await self._exchange(c, up, req, head, BodyFramer(framing, length), retry=pooled and req.method in IDEMPOTENT)
         except _Retry:
-            # a pooled connection the sidecar had closed before it saw our request: one fresh try
+            # a pooled connection the sidecar closed (idle, restart) before answering an idempotent
+            # request without a body: one try on a fresh connection, verified as any other
             up.ep.close()
             up2, _ = await self._upstream_or_answer(c, route, peer, has_body, pooled_ok=False)
             if up2 is None:
@@ -490,7 +493,7 @@ class Proxy:
             self._error(c, e.status, {"error": e.detail, "service": route.service, "step": e.step, "failed": []}, close=has_body)
             return None, True
 
-    async def _exchange(self, c: _Client, up: Upstream, req: Request, head: bytes, body: BodyFramer, retry: bool = True) -> bool:
+    async def _exchange(self, c: _Client, up: Upstream, req: Request, head: bytes, body: BodyFramer, retry: bool = False) -> bool:
         """Send one request upstream and relay its response; True when both connections stay usable."""
         u = up.ep
         answered = c.bytes_out

@@ -411,7 +411,7 @@ async def apair(tmp_path: Path, **kw: Any) -> AsyncIterator[Pair]:
 
 
 class HttpBackend:
-    """Routes: ``GET /hello``; ``POST /echo`` (body echoed back); ``POST /digest`` (JSON length and
+    """Routes: ``GET /hello``; ``GET /slow?s=SECONDS``; ``POST /echo`` (body echoed back); ``POST /digest`` (JSON length and
     sha256 of the streamed body, and its Transfer-Encoding); ``GET /big?n=N`` (N bytes)."""
 
     def __init__(self) -> None:
@@ -445,7 +445,13 @@ class HttpBackend:
             self.requests.append({"path": req.path, "method": req.method, "headers": dict(req.headers)})
             return web.Response(body=pattern(n), content_type="application/octet-stream")
 
+        async def slow(req: web.Request) -> web.Response:
+            self.requests.append({"path": req.path, "method": req.method, "headers": dict(req.headers)})
+            await asyncio.sleep(float(req.query.get("s", "2")))
+            return web.Response(text="slow answer")
+
         app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/slow", slow)
         app.router.add_get("/hello", hello)
         app.router.add_post("/echo", echo)
         app.router.add_post("/digest", digest)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,28 @@ def test_workers_share_the_listener(tmp_path, http_backend):
         assert pids <= {parent, *children}
     assert not Path(f"/proc/{children[0]}").exists() or "Z" in Path(f"/proc/{children[0]}/stat").read_text().split(")")[1][:3], \
         "stopping the proxy stops its workers"
+
+
+def test_in_flight_request_gets_an_explicit_error_when_the_sidecar_dies(p):
+    import threading
+
+    result: dict = {}
+
+    def call():
+        try:
+            result["status"] = requests.get(f"http://{p.http_service}/slow", params={"s": 5}, proxies={"http": p.proxy_url}, timeout=25).status_code
+        except requests.RequestException as e:
+            result["error"] = e
+
+    t = threading.Thread(target=call)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not p.sidecar_events("certificate") or p.metric(p.sidecar_admin_url, "ratls_sidecar_open_connections") < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    p.restart_sidecar()
+    t.join(20)
+    assert not t.is_alive(), "the client must not hang"
+    assert result.get("status") == 502 or isinstance(result.get("error"), requests.ConnectionError), result
+    # and the next request works against the new sidecar
+    assert requests.get(f"http://{p.http_service}/hello", proxies={"http": p.proxy_url}, timeout=10).status_code == 200
