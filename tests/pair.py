@@ -459,7 +459,7 @@ class HttpBackend:
         self._lt = _LoopThread()
 
         async def start() -> tuple[Any, int]:
-            runner = web.AppRunner(app, access_log=None)
+            runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()

@@ -236,7 +236,7 @@ def test_in_flight_request_gets_an_explicit_error_when_the_sidecar_dies(p):
 
     def call():
         try:
-            result["status"] = requests.get(f"http://{p.http_service}/slow", params={"s": 5}, proxies={"http": p.proxy_url}, timeout=25).status_code
+            result["status"] = requests.get(f"http://{p.http_service}/slow", params={"s": 20}, proxies={"http": p.proxy_url}, timeout=25).status_code
         except requests.RequestException as e:
             result["error"] = e
 
