@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -111,39 +112,47 @@ class Sidecar:
         self._conns: set[_TlsSide] = set()
 
     # -- certificate ----------------------------------------------------------------------
-    def issue(self, now: datetime | None = None) -> None:
-        """New key, fresh evidence, new certificate, loaded into the listening context."""
+    def prepare(self, now: datetime | None = None) -> tuple[bytes, x509.Certificate]:
+        """New key, fresh evidence, new certificate: the slow part, safe to run in a worker thread."""
         from ratls.certificate import issue_certificate, new_key
 
         now = now or utcnow()
-        t0 = time.perf_counter()
         key = new_key(self.cfg.curve)
         cert = issue_certificate(key, self.cfg.attest, now=now, lifetime=self.cfg.lifetime, dns_names=self.cfg.dns_names)
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), cert
+
+    def install(self, key_pem: bytes, cert: x509.Certificate, issue_s: float = 0.0) -> None:
+        """Load into the listening context. Call on the event loop thread: OpenSSL copies the
+        context's key and certificate into each new connection, and a handshake starting between
+        the certificate and the key update (from another thread) would pair the wrong ones."""
         _load_into_context(self.ctx, key_pem, cert.public_bytes(serialization.Encoding.PEM))
         der = cert.public_bytes(serialization.Encoding.DER)
         self.cert_der = der
         self.cert_sha256 = hashlib.sha256(der).hexdigest()
         self.cert_not_after = cert.not_valid_after_utc
-        dt = time.perf_counter() - t0
         self.metrics.rotations.inc()
-        self.metrics.issue_seconds.observe(dt)
+        self.metrics.issue_seconds.observe(issue_s)
         self.log.write("certificate", cert_sha256=self.cert_sha256, evidence_type=self.cfg.evidence_type,
-                       not_after=cert.not_valid_after_utc.isoformat(), issue_ms=round(dt * 1e3, 3))
+                       not_after=cert.not_valid_after_utc.isoformat(), issue_ms=round(issue_s * 1e3, 3))
+
+    async def rotate(self) -> None:
+        t0 = time.perf_counter()
+        key_pem, cert = await asyncio.to_thread(self.prepare)
+        self.install(key_pem, cert, time.perf_counter() - t0)
 
     async def _rotate_forever(self) -> None:
         period = max(1.0, self.cfg.lifetime.total_seconds() * self.cfg.rotate_at)
         while True:
             await asyncio.sleep(period)
             try:
-                await asyncio.to_thread(self.issue)
+                await self.rotate()
             except Exception as e:  # keep serving the current certificate; say why loudly
                 self.metrics.errors.labels("rotation").inc()
                 self.log.write("rotation-failed", error=f"{type(e).__name__}: {e}")
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        await asyncio.to_thread(self.issue)
+        await self.rotate()
         loop = asyncio.get_running_loop()
         host, port = self.cfg.listen
         self._server = await loop.create_server(

@@ -2,14 +2,13 @@
 the (real or fake) sidecar received zero bytes.
 
 The backend is :class:`tests.pair.ByteCountingBackend`, a raw asyncio TCP server that counts every
-byte it is sent. Fake sidecars are the real :class:`sidecar.server.Sidecar` with ``issue()``
+byte it is sent. Fake sidecars are the real :class:`sidecar.server.Sidecar` with ``prepare()``
 replaced, so the TLS stack, ALPN routing and relay are the production ones; only the certificate
 differs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from proxy.obs import utcnow
 from ratls.certificate import issue_certificate, new_key
-from sidecar.server import Sidecar, _load_into_context
+from sidecar.server import Sidecar
 from tests.pair import ByteCountingBackend, pair, sim_policy
 
 pytestmark = pytest.mark.slow
@@ -40,30 +39,23 @@ def _pem(key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-def _install(sc: Sidecar, key, cert: x509.Certificate) -> None:
-    _load_into_context(sc.ctx, _pem(key), cert.public_bytes(serialization.Encoding.PEM))
-    sc.cert_der = cert.public_bytes(serialization.Encoding.DER)
-    sc.cert_sha256 = hashlib.sha256(sc.cert_der).hexdigest()
-    sc.cert_not_after = cert.not_valid_after_utc
-
-
 class PlainCertSidecar(Sidecar):
     """An ordinary TLS server: a self-signed certificate with no evidence at all."""
 
-    def issue(self, now=None):
+    def prepare(self, now=None):
         now = now or utcnow()
         key = new_key()
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "inference.test")])
         cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
                 .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
                 .not_valid_after(now + timedelta(hours=1)).sign(key, hashes.SHA256()))
-        _install(self, key, cert)
+        return _pem(key), cert
 
 
 class OtherKeySidecar(Sidecar):
     """Genuine evidence, lifted from a certificate for key A into one for key B (which it serves)."""
 
-    def issue(self, now=None):
+    def prepare(self, now=None):
         now = now or utcnow()
         cert_a = issue_certificate(new_key(), self.cfg.attest, now=now)
         key_b = new_key()
@@ -72,7 +64,7 @@ class OtherKeySidecar(Sidecar):
                    .not_valid_after(cert_a.not_valid_after_utc))
         for ext in cert_a.extensions:
             builder = builder.add_extension(ext.value, ext.critical)
-        _install(self, key_b, builder.sign(key_b, hashes.SHA256()))
+        return _pem(key_b), builder.sign(key_b, hashes.SHA256())
 
 
 def curl_x(p, path="/v2/models", *extra: str) -> tuple[int, dict]:

@@ -252,3 +252,13 @@ def test_in_flight_request_gets_an_explicit_error_when_the_sidecar_dies(p):
     assert result.get("status") == 502 or isinstance(result.get("error"), requests.ConnectionError), result
     # and the next request works against the new sidecar
     assert requests.get(f"http://{p.http_service}/hello", proxies={"http": p.proxy_url}, timeout=10).status_code == 200
+
+
+def test_connect_tunnel_carrying_http1(p):
+    """``curl -p`` tunnels HTTP/1.1 through CONNECT: the proxy sniffs no HTTP/2 preface and
+    reconnects upstream with ALPN http/1.1 (the verdict is cached by then)."""
+    r = curl("-p", "-x", p.proxy_url, f"http://{p.http_service}/hello")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello from the backend"
+    hs = p.proxy_events("handshake")
+    assert [(h["alpn"], h["cached"]) for h in hs] == [("h2", False), ("http/1.1", True)]
