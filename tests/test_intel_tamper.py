@@ -83,6 +83,7 @@ def _replace_once(old: bytes, new: bytes) -> Callable[[bytes], bytes]:
 QUOTE_ROWS = [
     ("header-user-data", lambda r: flip(r, 30), "quote-signature", Reason.BAD_SIGNATURE),
     ("header-qe-svn", lambda r: flip(r, 8), "quote-signature", Reason.BAD_SIGNATURE),
+    ("header-qe-vendor-id", lambda r: flip(r, 12), "parse-quote", Reason.WRONG_PRODUCT),
     ("body-mrtd", lambda r: flip(r, HEADER_SIZE + 140), "quote-signature", Reason.BAD_SIGNATURE),
     ("body-reportdata", lambda r: flip(r, HEADER_SIZE + 583), "quote-signature", Reason.BAD_SIGNATURE),
     ("quote-signature", _q(lambda q: {"signature": flip(q.signature, 5)}), "quote-signature", Reason.BAD_SIGNATURE),

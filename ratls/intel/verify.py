@@ -40,7 +40,7 @@ from . import azure
 from . import claims as claims_mod
 from .collateral import Collateral, SignedJson, gather, parse_pem_chain, to_dcap_qvl
 from .pck import PckExtension, pck_extension
-from .quote import TD_ATTRIBUTES, TEE_TDX, Quote, TdReport, parse_quote
+from .quote import INTEL_QE_VENDOR_ID, TD_ATTRIBUTES, TEE_TDX, Quote, TdReport, parse_quote
 from .roots import intel_root, intel_root_spki, spki_der, tcb_signing_certs
 from .tcb import TcbStatus, TcbVerdict, match_isvsvn_level, match_platform_level, verdict_of
 
@@ -216,6 +216,8 @@ def _verify_quote(evidence: Evidence, opts: VerifyOptions, trail: Trail, *, expe
         q = parse_quote(evidence.data)
         if (q.header.tee_type == TEE_TDX) != expect_tdx:
             raise ParseError(Reason.UNSUPPORTED_EVIDENCE, f"evidence type {evidence.type.value} but the quote is {'TDX' if q.header.tee_type == TEE_TDX else 'SGX'}")
+        if q.header.qe_vendor_id != INTEL_QE_VENDOR_ID:
+            raise VerificationError(Reason.WRONG_PRODUCT, f"QE vendor id {q.header.qe_vendor_id.hex()} is not Intel's {INTEL_QE_VENDOR_ID.hex()}")
         s.detail = f"v{q.header.version} {'TDX' if expect_tdx else 'SGX'} quote, {q.trailing} trailing bytes"
     ctx = _Ctx(q, opts, root_spki)
     _chain_step(ctx, trail)
