@@ -369,13 +369,16 @@ def split_authority(authority: bytes, default_port: int | None = None) -> tuple[
 
 
 def upstream_head(req: Request, path: bytes, host_header: bytes) -> bytes:
-    """The head to send upstream: origin-form, hop-by-hop headers removed, Host kept or set."""
-    drop = HOP_BY_HOP | set(req.tokens(b"connection"))
+    """The head to send upstream: origin-form, hop-by-hop headers removed (except an Upgrade the
+    client asked for), Host kept or set."""
+    conn = req.tokens(b"connection")
+    drop = HOP_BY_HOP | set(conn)
+    upgrade = b"upgrade" in conn and req.get(b"upgrade") is not None
     out = [b"%s %s HTTP/1.1\r\n" % (req.method, path)]
     has_host = False
     for k, v in req.headers:
         lk = k.lower()
-        if lk in drop:
+        if lk in drop and not (upgrade and lk == b"upgrade"):
             continue
         if lk == b"host":
             has_host = True
@@ -384,6 +387,8 @@ def upstream_head(req: Request, path: bytes, host_header: bytes) -> bytes:
         out.insert(1, b"Host: %s\r\n" % host_header)
     if b"trailers" in req.tokens(b"te"):
         out.append(b"TE: trailers\r\n")
+    if upgrade:  # a protocol switch (WebSocket) is end to end through the verified connection
+        out.append(b"Connection: Upgrade\r\n")
     out.append(b"\r\n")
     return b"".join(out)
 

@@ -363,6 +363,9 @@ class Proxy:
         if up.ep.closed or up.ep.eof or up.ep.buf or len(pool) >= self.cfg.pool_size:
             up.ep.close()
             return
+        # unlink from this client both ways, so its back-pressure never pauses the next user
+        if up.ep.dst is not None and up.ep.dst.feeder is up.ep:
+            up.ep.dst.feeder = None
         up.ep.dst = None
         up.ep.feeder = None
         up.ep.resume_reading()  # idle: reading stays on so that a close by the sidecar is noticed
@@ -523,10 +526,9 @@ class Proxy:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(u.wait_for_data(), left)
                 c.write(u.take(resp.size))
-                if resp.status == 101:
-                    c.tunnel(u)
-                    u.tunnel(c)
+                if resp.status == 101:  # protocol switch (WebSocket): a verified tunnel from here on
                     self.metrics.requests.labels("http", "101").inc()
+                    await splice(c, u)
                     return False
                 if 100 <= resp.status < 200:
                     continue

@@ -411,7 +411,7 @@ async def apair(tmp_path: Path, **kw: Any) -> AsyncIterator[Pair]:
 
 
 class HttpBackend:
-    """Routes: ``GET /hello``; ``GET /slow?s=SECONDS``; ``POST /echo`` (body echoed back); ``POST /digest`` (JSON length and
+    """Routes: ``GET /hello``; ``GET /slow?s=SECONDS``; ``GET /ws`` (WebSocket echo); ``POST /echo`` (body echoed back); ``POST /digest`` (JSON length and
     sha256 of the streamed body, and its Transfer-Encoding); ``GET /big?n=N`` (N bytes)."""
 
     def __init__(self) -> None:
@@ -450,8 +450,16 @@ class HttpBackend:
             await asyncio.sleep(float(req.query.get("s", "2")))
             return web.Response(text="slow answer")
 
+        async def ws(req: web.Request) -> web.WebSocketResponse:
+            sock = web.WebSocketResponse()
+            await sock.prepare(req)
+            async for msg in sock:
+                await sock.send_str("echo:" + msg.data)
+            return sock
+
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/slow", slow)
+        app.router.add_get("/ws", ws)
         app.router.add_get("/hello", hello)
         app.router.add_post("/echo", echo)
         app.router.add_post("/digest", digest)

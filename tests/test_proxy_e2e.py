@@ -262,3 +262,15 @@ def test_connect_tunnel_carrying_http1(p):
     assert r.stdout == b"hello from the backend"
     hs = p.proxy_events("handshake")
     assert [(h["alpn"], h["cached"]) for h in hs] == [("h2", False), ("http/1.1", True)]
+
+
+async def test_websocket_upgrade_through_the_proxy(tmp_path, http_backend):
+    import aiohttp
+
+    from tests.pair import apair
+
+    async with apair(tmp_path, http_backend=http_backend.addr) as p, aiohttp.ClientSession() as s, \
+            s.ws_connect(f"http://{p.http_service}/ws", proxy=p.proxy_url) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive_str(timeout=10)) == "echo:hi"
+    assert p.proxy_events("handshake")[0]["decision"] == "admit"

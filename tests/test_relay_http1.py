@@ -180,3 +180,11 @@ def test_chunked_roundtrip_of_encoded_bodies(chunks, split):
         if done:
             break
     assert done and used == len(encoded)
+
+
+def test_upgrade_is_kept_only_when_the_client_asks_for_it():
+    req = parse_request_head(b"GET http://a:1/ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n")
+    head = upstream_head(req, b"/ws", b"a:1")
+    assert b"Upgrade: websocket\r\n" in head and b"Connection: Upgrade\r\n" in head
+    req = parse_request_head(b"GET http://a:1/ HTTP/1.1\r\nUpgrade: websocket\r\n\r\n")
+    assert b"Upgrade" not in upstream_head(req, b"/", b"a:1")
