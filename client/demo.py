@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from client.backends.process import REPO, ChildServer
+from client.backends.process import REPO, ChildServer, free_port
+from client.backends.process import RatlsProcess as Ratls
 from client.backends.triton_digits import TritonDigits
 
 HTTP_SERVICE = "triton.demo:8000"
@@ -30,24 +31,6 @@ MEASUREMENT = hashlib.sha384(b"ratls demo: triton + sidecar image v1").hexdigest
 OTHER_MEASUREMENT = hashlib.sha384(b"ratls demo: some other image").hexdigest()
 
 BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() else ("",) * 5
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Ratls(ChildServer):
-    """``python -m ratls.cli SUBCOMMAND ...``, ready when its admin ``/readyz`` answers 200."""
-
-    module = "ratls.cli"
-
-    def __init__(self, name: str, args: list[str], admin_port: int, log_path: Path) -> None:
-        self.name = name
-        super().__init__(args, [f"http://127.0.0.1:{admin_port}/readyz"], log_path=log_path)
 
 
 def title(text: str) -> None:

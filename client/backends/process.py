@@ -115,3 +115,21 @@ class ChildServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class RatlsProcess(ChildServer):
+    """``python -m ratls.cli SUBCOMMAND ...`` (sidecar, proxy), ready when its admin ``/readyz`` answers 200."""
+
+    module = "ratls.cli"
+
+    def __init__(self, name: str, args: list[str], admin_port: int, log_path: Path | None = None) -> None:
+        self.name = name
+        super().__init__(args, [f"http://127.0.0.1:{admin_port}/readyz"], log_path=log_path)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

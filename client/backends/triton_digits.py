@@ -6,7 +6,8 @@ Models served (KServe v2 HTTP and gRPC, ports chosen by the caller):
 - ``identity_fp32``: echoes ``input`` FP32 [-1, 150528] (a 3x224x224 image, 602 KB) as ``output``,
   the big-tensor case for benchmarks (600 KB each way);
 - ``mean_fp32``: ``input`` FP32 [-1, 150528] -> ``mean`` FP32 [-1, 1] (600 KB in, a few bytes out,
-  the shape of an image classifier's traffic).
+  the shape of an image classifier's traffic);
+- ``echo_fp32``: ``input`` FP32 [-1, -1] echoed as ``output`` (any size: the small-request benchmark).
 
 Run it: ``python -m client.backends.triton_digits --http-port P --grpc-port Q`` (blocks; Ctrl-C or
 SIGTERM stops it). From Python/tests: ``TritonDigits(http_port, grpc_port).start()`` runs that same
@@ -32,7 +33,7 @@ import numpy as np
 from .process import ChildServer
 
 IMAGE_FLOATS = 3 * 224 * 224
-MODELS = ("digits", "identity_fp32", "mean_fp32")
+MODELS = ("digits", "identity_fp32", "mean_fp32", "echo_fp32")
 
 
 def python_libdir() -> str:
@@ -121,6 +122,13 @@ def serve(
             infer_func=mean,
             inputs=[Tensor(name="input", dtype=np.float32, shape=(IMAGE_FLOATS,))],
             outputs=[Tensor(name="mean", dtype=np.float32, shape=(1,))],
+            config=ModelConfig(max_batch_size=64),
+        )
+        triton.bind(
+            model_name="echo_fp32",
+            infer_func=identity,
+            inputs=[Tensor(name="input", dtype=np.float32, shape=(-1,))],
+            outputs=[Tensor(name="output", dtype=np.float32, shape=(-1,))],
             config=ModelConfig(max_batch_size=64),
         )
         print(f"triton_digits: serving {', '.join(MODELS)} on http {host}:{http_port} grpc {host}:{grpc_port}", flush=True)
