@@ -80,6 +80,8 @@ class Env:
     tools: dict[str, str | None] = field(default_factory=dict)
     servers: list[Server] = field(default_factory=list)
     skips: dict[str, str] = field(default_factory=dict)
+    #: extra environment for the ratls processes (experiments, e.g. glibc malloc tunables)
+    ratls_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -197,7 +199,7 @@ class Env:
                 "--admin", f"127.0.0.1:{admin}", "--log", str(d / "handshakes.log")]
         if "--workers" in helptext:
             argv += ["--workers", str(self.workers)]
-        s = start(name, argv, d / "stdout.log", [port, admin], cwd=REPO, env={"RATLS_SIM_DIR": str(self.sim_dir)}, timeout=60)
+        s = start(name, argv, d / "stdout.log", [port, admin], cwd=REPO, env={"RATLS_SIM_DIR": str(self.sim_dir), **self.ratls_env}, timeout=60)
         s.ports = {"tls": port, "admin": admin}
         return self._track(s)
 
@@ -221,7 +223,7 @@ class Env:
             argv += ["--map", f"127.0.0.1:{local}={svc}"]
         if "--workers" in helptext:
             argv += ["--workers", str(self.workers)]
-        s = start(name, argv, d / "stdout.log", [port, *(maps or {})], cwd=REPO, env={"RATLS_SIM_DIR": str(self.sim_dir)}, timeout=60)
+        s = start(name, argv, d / "stdout.log", [port, *(maps or {})], cwd=REPO, env={"RATLS_SIM_DIR": str(self.sim_dir), **self.ratls_env}, timeout=60)
         s.ports = {"http": port, "admin": admin, **{f"map{i}": p for i, p in enumerate(maps or {})}}
         return self._track(s)
 

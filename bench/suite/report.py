@@ -86,11 +86,12 @@ def _fmt(v, nd=1) -> str:
 def markdown(scenarios: dict[str, dict], goals: list[dict], meta: dict) -> str:
     lines = ["# Benchmark results (bench/suite)", "",
              f"- date: {meta['date']}", f"- machine: {meta['machine']}", f"- commit: `{meta['commit']}`",
-             f"- command: `{meta['command']}`", f"- per-subject load: {meta['duration_s']} s (+ warm-up), "
-             f"servers with {meta['workers']} worker(s) each; tools: {meta['tools']}", "",
-             "Ratios compare subjects measured one after the other in the same run with the same load generator and",
-             "the same backend (nginx serving 1 KB / sinking POSTs). On a 2-core machine shared with the load generator",
-             "and the backend, absolute numbers are noisy; the ratios are what the goals are about.", "",
+             f"- command: `{meta['command']}`", f"- load: {meta['duration_s']} s per subject and round (+ warm-up), "
+             f"{meta.get('rounds', 1)} rounds with the subjects interleaved, the lower-median round reported (every round's "
+             f"req/s in brackets); servers with {meta['workers']} worker(s) each", f"- tools: {meta['tools']}", "",
+             "Ratios compare subjects measured in the same run with the same load generator and the same backend (nginx",
+             "serving 1 KB / sinking POSTs). On a 2-core machine shared with the load generator and the backend (and, here,",
+             "with other jobs), absolute numbers are noisy; the ratios are what the goals are about.", "",
              "## Goals", "", "| goal | measured | target | result |", "|---|---|---|---|"]
     for g in goals:
         unit = "×" if g["kind"] == "ratio" else " MB"
@@ -115,7 +116,8 @@ def markdown(scenarios: dict[str, dict], goals: list[dict], meta: dict) -> str:
                 lines.append(f"| {r['name']} | failed: {r['error'][:120].replace('|', '/').splitlines()[0]} | | | | | |")
                 continue
             ratios = ", ".join(f"{k} {v:.2f}×" for k, v in r.get("ratios", {}).items())
-            lines.append(f"| {r['name']} | {_fmt(r['rps'])} | {_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | "
+            rounds = f" ({' / '.join(_fmt(x, 0) for x in r['rounds_rps'])})" if len(r.get("rounds_rps", [])) > 1 else ""
+            lines.append(f"| {r['name']} | {_fmt(r['rps'])}{rounds} | {_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | "
                          f"{_fmt(r['cpu_ms_per_req'], 3)} | {r['errors']} | {ratios} |")
         if sc.get("memory"):
             lines.append("")

@@ -16,6 +16,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import configs, report
@@ -26,9 +27,25 @@ from .procs import CLK_TCK, RssSampler, Server, free_port
 Load = Callable[[float], LoadResult]
 
 
+@dataclass(eq=False)
+class Spec:
+    """A subject to measure: its servers and its load (both started lazily), and what it is compared with."""
+
+    name: str
+    role: str  # "subject" or "baseline"
+    servers: Callable[[], list[Server]]
+    load: Callable[[], Load]
+    warm: bool = True
+    group: str | None = None
+    memory: bool = False
+    idle: dict = field(default_factory=dict)
+    peak: dict = field(default_factory=dict)
+    watched: list = field(default_factory=list)
+
+
 class Suite:
-    def __init__(self, env: Env, duration: float, warmup: float, only: set[str] | None, h2_streams: int = 4):
-        self.env, self.duration, self.warmup, self.only = env, duration, warmup, only
+    def __init__(self, env: Env, duration: float, warmup: float, only: set[str] | None, h2_streams: int = 4, rounds: int = 2):
+        self.env, self.duration, self.warmup, self.only, self.rounds = env, duration, warmup, only, rounds
         self.h2_streams = h2_streams
         self.scenarios: dict[str, dict] = {}
         self._started: dict[str, Server | Exception] = {}
@@ -51,16 +68,28 @@ class Suite:
         return got
 
     def measure(self, name: str, role: str, servers: Callable[[], list[Server]], load: Callable[[], Load],
-                warm: bool = True, group: str | None = None) -> dict:
-        """One subject: start its servers, warm up, then load with CPU accounting."""
+                warm: bool = True, group: str | None = None, memory: bool = False) -> Spec:
+        """One subject of a scenario, run later by `record` (interleaved with the others, `rounds` times)."""
+        return Spec(name, role, servers, load, warm, group, memory)
+
+    def _once(self, spec: Spec) -> dict:
+        """One round of one subject: start its servers, warm up, then load with CPU accounting."""
         try:
-            srv = servers()
-            fn = load()
-            if warm and self.warmup:
+            srv = spec.servers()
+            fn = spec.load()
+            if spec.warm and self.warmup:
                 fn(self.warmup)
             before = sum(s.cpu_ticks() for s in srv)
             t0 = time.monotonic()
-            res = fn(self.duration)
+            if spec.memory:
+                spec.idle = spec.idle or {s.name: s.rss_bytes() for s in srv}
+                with RssSampler(srv) as sampler:
+                    res = fn(self.duration)
+                for k, v in sampler.peak.items():
+                    spec.peak[k] = max(spec.peak.get(k, 0), v)
+                spec.watched = srv
+            else:
+                res = fn(self.duration)
             wall = time.monotonic() - t0
             cpu_s = (sum(s.cpu_ticks() for s in srv) - before) / CLK_TCK
             if res.requests == 0:
@@ -69,12 +98,41 @@ class Suite:
             # CPU seconds per wall second over requests per second: the tools' internal warm-up counts evenly.
             d["cpu_ms_per_req"] = round(cpu_s / wall / res.rps * 1000, 4) if res.rps else None
             d["cpu_cores"] = round(cpu_s / wall, 2)
-            return {"name": name, "role": role, "group": group, **d}
+            return d
         except Exception as e:
-            return {"name": name, "role": role, "group": group, "error": f"{type(e).__name__}: {e}", "rps": 0}
+            return {"error": f"{type(e).__name__}: {e}", "rps": 0}
 
-    def record(self, sid: str, title: str, runs: list[dict], params: dict, **extra) -> None:
-        sc = {"id": sid, "title": title, "params": params, "runs": runs, **extra}
+    @staticmethod
+    def _combine(spec: Spec, rounds: list[dict]) -> dict:
+        """The median round (by requests/s) stands for the subject; every round's rate is kept."""
+        head = {"name": spec.name, "role": spec.role, "group": spec.group}
+        ok = [r for r in rounds if not r.get("error")]
+        if not ok:
+            return {**head, **rounds[-1]}
+        ok.sort(key=lambda r: r["rps"])
+        mid = ok[(len(ok) - 1) // 2] if len(ok) % 2 else ok[len(ok) // 2 - 1]
+        out = {**head, **mid, "errors": sum(r["errors"] for r in ok), "rounds_rps": [r["rps"] for r in rounds]}
+        if len(ok) < len(rounds):
+            out["round_errors"] = [r["error"] for r in rounds if r.get("error")]
+        return out
+
+    def record(self, sid: str, title: str, specs: list[Spec], params: dict, **extra) -> None:
+        results: dict[str, list[dict]] = {s.name: [] for s in specs}
+        for _ in range(self.rounds):
+            for spec in specs:
+                results[spec.name].append(self._once(spec))
+        runs = [self._combine(spec, results[spec.name]) for spec in specs]
+        memory = {}
+        watched = [s for s in specs if s.memory and s.watched]
+        if watched:
+            time.sleep(3)
+            for spec in watched:
+                for srv in spec.watched:
+                    memory[srv.name] = {"idle_mb": round(spec.idle[srv.name] / 2**20, 1), "peak_mb": round(spec.peak[srv.name] / 2**20, 1),
+                                        "after_mb": round(srv.rss_bytes() / 2**20, 1)}
+        if memory:
+            extra["memory"] = memory
+        sc = {"id": sid, "title": title, "params": {**params, "rounds": self.rounds, "seconds_per_round": self.duration}, "runs": runs, **extra}
         report.add_ratios(sc)
         self.scenarios[sid] = sc
         line = "  ".join(f"{r['name']}={'ERR' if r.get('error') else format(r['rps'], ',.0f')}" for r in runs)
@@ -133,7 +191,6 @@ class Suite:
                     script = configs.wrk_script("/upload", method="POST", body_file=self.env.bodies["600k"],
                                                 headers={"Content-Type": "application/octet-stream"})
                 runs = []
-                memory: dict = {}
                 for name, role, srv in (("sidecar", "subject", self.sidecar), ("nginx", "baseline", self.nginx_tls),
                                         ("haproxy", "baseline", self.haproxy)):
                     if name == "haproxy" and not self.env.tools["haproxy"]:
@@ -142,12 +199,10 @@ class Suite:
                     def port(srv=srv):
                         return srv().ports["tls" if "tls" in srv().ports else "h1"]
 
-                    if name == "sidecar" and size == "600k" and conns == 64:
-                        runs.append(self._with_memory(name, role, lambda srv=srv: [srv()], port, script, sid, conns, memory, "https"))
-                        continue
                     runs.append(self.measure(name, role, lambda srv=srv: [srv()],
-                                             lambda port=port, name=name: self.wrk(f"https://127.0.0.1:{port()}", script, f"{sid}-{name}", conns)))
-                self.record(sid, title, runs, {"connections": conns, "size": size, "tool": "wrk"}, memory=memory or None)
+                                             lambda port=port, name=name: self.wrk(f"https://127.0.0.1:{port()}", script, f"{sid}-{name}", conns),
+                                             memory=name == "sidecar" and size == "600k" and conns == 64))
+                self.record(sid, title, runs, {"connections": conns, "size": size, "tool": "wrk"})
 
     def tls_h2(self) -> None:
         for size in ("1k", "600k"):
@@ -197,30 +252,12 @@ class Suite:
                     subjects.append(("tinyproxy", "baseline", lambda: [self.server("tinyproxy", self.env.start_tinyproxy)],
                                      lambda: self.server("tinyproxy", self.env.start_tinyproxy).ports["http"], f"http://{be}{path}", be))
                 runs = []
-                memory = {}
                 for name, role, srvs, port, url, host in subjects:
                     script = configs.wrk_script(url, host=host, **kw)
-                    if name == "pair" and size == "600k" and conns == 64:
-                        runs.append(self._with_memory(name, role, srvs, port, script, sid, conns, memory))
-                    else:
-                        runs.append(self.measure(name, role, srvs, lambda port=port, script=script, name=name:
-                                                 self.wrk(f"http://127.0.0.1:{port()}", script, f"{sid}-{name}", conns)))
-                self.record(sid, title, runs, {"connections": conns, "size": size, "tool": "wrk"}, memory=memory or None)
-
-    def _with_memory(self, name, role, srvs, port, script, sid, conns, memory, scheme="http") -> dict:
-        """A run at 64 × 600 KB with the RSS of the ratls processes sampled: idle before, peak during, 3 s after."""
-        try:
-            servers = srvs()
-        except Exception as e:
-            return {"name": name, "role": role, "error": f"{type(e).__name__}: {e}", "rps": 0}
-        idle = {s.name: s.rss_bytes() for s in servers}
-        with RssSampler(servers) as sampler:
-            r = self.measure(name, role, lambda: servers, lambda: self.wrk(f"{scheme}://127.0.0.1:{port()}", script, f"{sid}-{name}", conns))
-        time.sleep(3)
-        for s in servers:
-            memory[s.name] = {"idle_mb": round(idle[s.name] / 2**20, 1), "peak_mb": round(sampler.peak[s.name] / 2**20, 1),
-                              "after_mb": round(s.rss_bytes() / 2**20, 1)}
-        return r
+                    runs.append(self.measure(name, role, srvs, lambda port=port, script=script, name=name:
+                                             self.wrk(f"http://127.0.0.1:{port()}", script, f"{sid}-{name}", conns),
+                                             memory=name == "pair" and size == "600k" and conns == 64))
+                self.record(sid, title, runs, {"connections": conns, "size": size, "tool": "wrk"})
 
     def grpc(self) -> None:
         for size in ("1k", "600k"):
@@ -394,25 +431,28 @@ def tool_versions(env: Env) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/run.py", description="ratls benchmark suite (issue 6): subject and baselines in one run")
-    p.add_argument("--duration", type=float, default=5.0, help="seconds of measured load per subject (default 5)")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds of measured load per subject and round (default 4)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds per scenario, subjects interleaved; the median round counts (default 2)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up load before each wrk measurement")
     p.add_argument("--workers", type=int, default=1, help="workers for every server under test (nginx, HAProxy, sidecar, proxy)")
     p.add_argument("--only", action="append", help="run scenarios whose id starts with this (repeatable)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--work", type=Path, help="keep configs and logs here (default: a temp dir, removed)")
     p.add_argument("--notes", type=Path, help="markdown appended to the results README under Notes")
+    p.add_argument("--ratls-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for the sidecar and proxy processes (e.g. MALLOC_MMAP_THRESHOLD_=131072)")
     a = p.parse_args(argv)
     work = a.work or Path(tempfile.mkdtemp(prefix="ratls-bench-"))
-    env = Env(work, workers=a.workers)
-    suite = Suite(env, a.duration, a.warmup, set(a.only) if a.only else None)
+    env = Env(work, workers=a.workers, ratls_env=dict(kv.split("=", 1) for kv in a.ratls_env))
+    suite = Suite(env, a.duration, a.warmup, set(a.only) if a.only else None, rounds=a.rounds)
     try:
         suite.run_all()
     finally:
         env.stop_all()
     goals = [report.evaluate(g, suite.scenarios) for g in report.GOALS if suite.want(g.scenario)]
     meta = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "commit": commit(),
-            "command": "python bench/run.py " + " ".join(argv or []), "duration_s": a.duration, "workers": a.workers,
-            "tools": tool_versions(env), "skips": env.skips,
+            "command": "python bench/run.py " + " ".join(argv or []), "duration_s": a.duration, "rounds": a.rounds, "workers": a.workers,
+            "tools": tool_versions(env), "skips": env.skips, "ratls_env": env.ratls_env,
             "notes": a.notes.read_text() if a.notes and a.notes.exists() else ""}
     report.write_json(a.out, suite.scenarios, goals, meta)
     (a.out / "README.md").write_text(report.markdown(suite.scenarios, goals, meta))
