@@ -146,6 +146,13 @@ def mounts(c: dict) -> dict[str, dict]:
     return {m["mountPath"]: m for m in c.get("volumeMounts", [])}
 
 
+def under_mount(c: dict, path: str) -> dict:
+    """The volume mount of ``c`` that holds ``path`` (the longest matching mount path)."""
+    found = [m for p, m in mounts(c).items() if path == p or path.startswith(p.rstrip("/") + "/")]
+    assert found, f"{path} is on no volume of container {c['name']}"
+    return max(found, key=lambda m: len(m["mountPath"]))
+
+
 def argv_value(args: list[str], flag: str) -> str:
     assert flag in args, f"{flag} missing from {args}"
     return args[args.index(flag) + 1]
@@ -256,7 +263,8 @@ POD_TARGETS = ("base", *OVERLAYS)
 @pytest.mark.parametrize("target", POD_TARGETS)
 def test_pod_holds_init_chain_backend_and_sidecar(rendered, target):
     spec = pod_spec(rendered[target])
-    assert [c["name"] for c in spec["initContainers"]] == ["firewall", "bundle", "unseal"]
+    expected = ["firewall", "bundle", "sim-dir", "unseal"] if target == "sim" else ["firewall", "bundle", "unseal"]
+    assert [c["name"] for c in spec["initContainers"]] == expected
     assert sorted(c["name"] for c in spec["containers"]) == ["sidecar", "triton"]
     assert spec["automountServiceAccountToken"] is False
 
@@ -298,7 +306,7 @@ def test_unseal_args_parse_with_the_real_cli(rendered, target):
     if args.keybroker_ca:
         assert Path(args.keybroker_ca).name in cm["data"]
     if target == "sim":
-        assert args.sim_dir in mounts(unseal)
+        assert under_mount(unseal, args.sim_dir)["name"] == "run"
 
 
 @pytest.mark.parametrize("target", POD_TARGETS)
@@ -330,7 +338,7 @@ def test_triton_is_loopback_only_and_sidecar_relays_to_it(rendered, target):
     assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
     if target == "sim":
-        assert conf["sim-dir"] in mounts(sidecar)
+        assert under_mount(sidecar, conf["sim-dir"])["name"] == "run"
 
 
 @pytest.mark.parametrize("target", POD_TARGETS)
@@ -441,7 +449,7 @@ TEE_PATHS = {
     "snp": {"/dev/sev-guest", "/sys/kernel/config"},
     "tdx": {"/sys/kernel/config"},
     "sgx": set(),
-    "sim": {"/etc/ratls/sim"},
+    "sim": set(),
     "base": set(),
 }
 
@@ -457,7 +465,7 @@ def test_tee_interfaces_only_where_evidence_is_made(rendered, target):
             continue
         assert not TEE_PATHS[target] & set(mounts(c)), f"{c['name']} must not see the TEE interface"
         assert "sgx.intel.com/provision" not in c["resources"]["limits"], c["name"]
-    for path in TEE_PATHS[target] - {"/etc/ratls/sim"}:
+    for path in TEE_PATHS[target]:
         vol = volumes[mounts(container(spec, "sidecar"))[path]["name"]]
         assert vol["hostPath"]["path"] == path
         assert vol["hostPath"]["type"] == ("CharDevice" if path.startswith("/dev/") else "Directory")
@@ -516,3 +524,41 @@ def test_keybroker_secrets_args_and_affinity(rendered, target):
     port = int(args.listen.rpartition(":")[2])
     assert [p["containerPort"] for p in kb["ports"]] == [port]
     assert kb["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+
+
+def test_sim_chain_reaches_only_the_sim_dir_init_and_its_copy_loads(rendered, tmp_path):
+    """The sim overlay's private chain: one init container sees the Secret; its copy passes the sim dir's mode check."""
+    import subprocess
+    import sys
+
+    from ratls.errors import Reason, UsageError
+    from ratls.io import simdir
+
+    spec = pod_spec(rendered["sim"])
+    holders = [c["name"] for c in [*spec["initContainers"], *spec["containers"]] if "sim" in {m["name"] for m in c.get("volumeMounts", [])}]
+    assert holders == ["sim-dir"]
+    init = container(spec, "sim-dir")
+    secret_path = next(p for p, m in mounts(init).items() if m["name"] == "sim")
+    run_path = next(p for p, m in mounts(init).items() if m["name"] == "run")
+    # a Secret volume as the kubelet writes it: root-owned files, group-readable (defaultMode 0440)
+    made = tmp_path / "made"
+    subprocess.run([sys.executable, "-m", "ratls.cli", "sim", "init", "--dir", str(made)], check=True, capture_output=True)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    for f in ("authority.pem", "root.der"):
+        (secret / f).write_bytes((made / f).read_bytes())
+        (secret / f).chmod(0o440)
+    with pytest.raises(UsageError) as e:
+        simdir.load_or_create(secret)  # the Secret as mounted is refused (private key readable by the group): hence the copy
+    assert e.value.reason is Reason.CONFIG_INVALID
+    run = tmp_path / "run"
+    run.mkdir()
+    command = init["command"]
+    assert command[:2] == ["python", "-c"]
+    code = command[2].replace(secret_path, str(secret)).replace(run_path, str(run))
+    subprocess.run([sys.executable, "-c", code], check=True)
+    conf = sidecar_config(rendered["sim"])
+    copied = run / Path(conf["sim-dir"]).relative_to(run_path)
+    assert simdir.load_or_create(copied).root_der == simdir.load_root(made)
+    unseal = parse_with("sidecar.cli", container(spec, "unseal")["args"])
+    assert unseal.sim_dir == conf["sim-dir"]
