@@ -374,7 +374,9 @@ def upstream_head(req: Request, path: bytes, host_header: bytes) -> bytes:
     conn = req.tokens(b"connection")
     drop = HOP_BY_HOP | set(conn)
     upgrade = b"upgrade" in conn and req.get(b"upgrade") is not None
-    out = [b"%s %s HTTP/1.1\r\n" % (req.method, path)]
+    # An HTTP/1.0 client cannot read a chunked response: ask upstream in its version, so the
+    # answer comes with a length or close-delimited (RFC 9110 6.2 / 9112 7).
+    out = [b"%s %s %s\r\n" % (req.method, path, req.version)]
     has_host = False
     for k, v in req.headers:
         lk = k.lower()
@@ -389,6 +391,8 @@ def upstream_head(req: Request, path: bytes, host_header: bytes) -> bytes:
         out.append(b"TE: trailers\r\n")
     if upgrade:  # a protocol switch (WebSocket) is end to end through the verified connection
         out.append(b"Connection: Upgrade\r\n")
+    elif req.version == b"HTTP/1.0" and b"keep-alive" in conn:  # not Proxy-Connection: that one is about our hop
+        out.append(b"Connection: keep-alive\r\n")  # an HTTP/1.0 keep-alive is asked for explicitly, end to end
     out.append(b"\r\n")
     return b"".join(out)
 

@@ -554,7 +554,8 @@ class Proxy:
                 if exc is not None:
                     u.close()
                     return False
-            reusable = resp.keep_alive and framing is not Framing.UNTIL_CLOSE
+            reusable = resp.keep_alive and framing is not Framing.UNTIL_CLOSE and (
+                req.version == b"HTTP/1.1" or b"keep-alive" in req.tokens(b"connection"))  # an HTTP/1.0 upstream request closes by default
             if reusable:
                 self.release(up)
             else:

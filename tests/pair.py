@@ -411,7 +411,8 @@ async def apair(tmp_path: Path, **kw: Any) -> AsyncIterator[Pair]:
 
 
 class HttpBackend:
-    """Routes: ``GET /hello``; ``GET /slow?s=SECONDS``; ``GET /ws`` (WebSocket echo); ``POST /echo`` (body echoed back); ``POST /digest`` (JSON length and
+    """Routes: ``GET /hello``; ``GET /slow?s=SECONDS``; ``GET /ws`` (WebSocket echo); ``GET /chunked?n=N``
+    (a chunked response); ``POST /echo`` (body echoed back); ``POST /digest`` (JSON length and
     sha256 of the streamed body, and its Transfer-Encoding); ``GET /big?n=N`` (N bytes)."""
 
     def __init__(self) -> None:
@@ -457,8 +458,20 @@ class HttpBackend:
                 await sock.send_str("echo:" + msg.data)
             return sock
 
+        async def chunked(req: web.Request) -> web.StreamResponse:
+            self.requests.append({"path": req.path, "method": req.method, "headers": dict(req.headers), "version": str(req.version)})
+            resp = web.StreamResponse()
+            if req.version >= (1, 1):  # HTTP/1.0 gets a close-delimited body instead
+                resp.enable_chunked_encoding()
+            await resp.prepare(req)
+            for i in range(int(req.query.get("n", "5"))):
+                await resp.write(b"part %d;" % i)
+            await resp.write_eof()
+            return resp
+
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/slow", slow)
+        app.router.add_get("/chunked", chunked)
         app.router.add_get("/ws", ws)
         app.router.add_get("/hello", hello)
         app.router.add_post("/echo", echo)

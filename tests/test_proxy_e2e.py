@@ -274,3 +274,14 @@ async def test_websocket_upgrade_through_the_proxy(tmp_path, http_backend):
         await ws.send_str("hi")
         assert (await ws.receive_str(timeout=10)) == "echo:hi"
     assert p.proxy_events("handshake")[0]["decision"] == "admit"
+
+
+def test_chunked_response_and_http10_client(p, http_backend):
+    r = curl("-x", p.proxy_url, f"http://{p.http_service}/chunked?n=4")
+    assert r.stdout == b"part 0;part 1;part 2;part 3;"
+    r = curl("-0", "-x", p.proxy_url, f"http://{p.http_service}/chunked?n=3")  # HTTP/1.0 cannot read chunked
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"part 0;part 1;part 2;"
+    assert http_backend.requests[-1]["version"] == "HttpVersion(major=1, minor=0)"
+    r = curl("-0", "-x", p.proxy_url, f"http://{p.http_service}/hello")
+    assert r.stdout == b"hello from the backend"
