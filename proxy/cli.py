@@ -48,13 +48,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-connections", type=int, help="client connection limit (default 10000): over it, 503")
     parser.add_argument("--idle-timeout", type=float, help="seconds a client connection may idle between requests (default 120)")
     parser.add_argument("--connect-timeout", type=float, help="seconds for TCP + TLS to a sidecar (default 10)")
+    parser.add_argument("--pool-idle-timeout", type=float, help="seconds a verified upstream connection may idle in the pool (default 60)")
     parser.add_argument("--response-timeout", type=float, help="seconds to wait for a response head (default 300): over it, 504")
     parser.add_argument("--reuse-port", action="store_true", default=None, help="SO_REUSEPORT on the listeners (several processes)")
     parser.add_argument("--workers", type=int, help="processes sharing the listeners via SO_REUSEPORT (default 1); admin on the first")
 
 
 _SCALARS = {"listen", "policy", "sim_dir", "admin", "log", "max_header_bytes", "max_connections", "idle_timeout", "connect_timeout",
-            "response_timeout", "reuse_port", "workers"}
+            "response_timeout", "pool_idle_timeout", "reuse_port", "workers"}
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
@@ -156,7 +157,8 @@ def build_config(args: argparse.Namespace) -> Any:
     if cfg.workers > 1 and (cfg.listen[1] == 0 or any(port == 0 for (_, port), _ in maps)):
         raise UsageError(Reason.CONFIG_INVALID, "--workers > 1 needs fixed listen ports (port 0 would differ per worker)")
     for name, attr in (("max_header_bytes", "max_head"), ("max_connections", "max_connections"), ("idle_timeout", "idle_timeout"),
-                       ("connect_timeout", "connect_timeout"), ("response_timeout", "response_timeout")):
+                       ("connect_timeout", "connect_timeout"), ("response_timeout", "response_timeout"),
+                       ("pool_idle_timeout", "pool_idle_timeout")):
         if opts.get(name) is not None:
             setattr(cfg, attr, type(getattr(cfg, attr))(opts[name]))
     return cfg

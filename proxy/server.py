@@ -88,6 +88,8 @@ class ProxyConfig:
     #: wait for a response head this long (inference can be slow)
     response_timeout: float = 300.0
     pool_size: int = 64
+    #: seconds an idle pooled upstream connection is kept
+    pool_idle_timeout: float = 60.0
     reuse_port: bool = False
     #: processes sharing the listeners (SO_REUSEPORT); each has its own pool and verdict cache
     workers: int = 1
@@ -159,6 +161,12 @@ class VerdictCache:
             self._items[(v.cert_sha256, policy.digest)] = v
         return v
 
+    def prune(self) -> None:
+        now = self.clock()
+        for k, v in list(self._items.items()):
+            if v.expires_at is not None and now >= v.expires_at:
+                self._items.pop(k, None)
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -170,6 +178,8 @@ class Upstream:
     alpn: str
     verdict: Any
     conn_id: str
+    #: loop time it went idle in the pool
+    idle_since: float = 0.0
 
 
 def _no_policy_body(service: str) -> dict[str, Any]:
@@ -227,6 +237,7 @@ class Proxy:
         srv = await loop.create_server(lambda: _Client(self, None), host, port, reuse_port=self.cfg.reuse_port or None, backlog=1024)
         self._servers.append(srv)
         self.port = srv.sockets[0].getsockname()[1]
+        self._spawn(self._sweep_pool())
         for (mhost, mport), service in self.cfg.maps:
             msrv = await loop.create_server(lambda s=service: _Client(self, s), mhost, mport, reuse_port=self.cfg.reuse_port or None)
             self._servers.append(msrv)
@@ -369,7 +380,23 @@ class Proxy:
         up.ep.dst = None
         up.ep.feeder = None
         up.ep.resume_reading()  # idle: reading stays on so that a close by the sidecar is noticed
+        up.idle_since = asyncio.get_running_loop().time()
         pool.append(up)
+
+    async def _sweep_pool(self) -> None:
+        """Close pooled connections idle longer than ``pool_idle_timeout`` and drop expired verdicts."""
+        loop = asyncio.get_running_loop()
+        period = max(0.5, self.cfg.pool_idle_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            cutoff = loop.time() - self.cfg.pool_idle_timeout
+            for key, pool in self._pool.items():
+                keep = [u for u in pool if u.idle_since >= cutoff and not u.ep.closed]
+                for u in pool:
+                    if u not in keep:
+                        u.ep.close()
+                self._pool[key] = keep
+            self.cache.prune()
 
     # -- client side ----------------------------------------------------------------------
     def _route_for(self, host: bytes | str, port: int) -> Route | None:

@@ -285,3 +285,17 @@ def test_chunked_response_and_http10_client(p, http_backend):
     assert http_backend.requests[-1]["version"] == "HttpVersion(major=1, minor=0)"
     r = curl("-0", "-x", p.proxy_url, f"http://{p.http_service}/hello")
     assert r.stdout == b"hello from the backend"
+
+
+def test_idle_pooled_upstream_connections_are_closed(tmp_path, http_backend):
+    with pair(tmp_path, http_backend=http_backend.addr, proxy_options={"pool_idle_timeout": 1}) as p:
+        assert requests.get(f"http://{p.http_service}/hello", proxies={"http": p.proxy_url}, timeout=10).status_code == 200
+        assert p.metric(p.sidecar_admin_url, "ratls_sidecar_open_connections") == 1  # pooled
+        deadline = time.monotonic() + 15
+        while p.metric(p.sidecar_admin_url, "ratls_sidecar_open_connections") != 0:
+            assert time.monotonic() < deadline, "the idle pooled connection was never closed"
+            time.sleep(0.1)
+        assert p.metric(p.proxy_admin_url, "ratls_proxy_upstream_connections") == 0
+        # and the next request simply opens (and verifies, from cache) a new one
+        assert requests.get(f"http://{p.http_service}/hello", proxies={"http": p.proxy_url}, timeout=10).status_code == 200
+        assert [h["cached"] for h in p.proxy_events("handshake")] == [False, True]
