@@ -299,3 +299,16 @@ def test_idle_pooled_upstream_connections_are_closed(tmp_path, http_backend):
         # and the next request simply opens (and verifies, from cache) a new one
         assert requests.get(f"http://{p.http_service}/hello", proxies={"http": p.proxy_url}, timeout=10).status_code == 200
         assert [h["cached"] for h in p.proxy_events("handshake")] == [False, True]
+
+
+def test_pipelined_requests_are_answered_in_order(p):
+    one = b"GET http://inference.test:8000/hello HTTP/1.1\r\nHost: inference.test:8000\r\n\r\n"
+    two = b"POST http://inference.test:8000/echo HTTP/1.1\r\nHost: inference.test:8000\r\nContent-Length: 5\r\n\r\nabcde"
+    with socket.create_connection(("127.0.0.1", p.proxy_port), timeout=10) as s:
+        s.sendall(one + two + one)
+        data = b""
+        while data.count(b"HTTP/1.1 200 ") < 3 or not data.endswith(b"hello from the backend"):
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.index(b"hello from the backend") < data.index(b"abcde") < data.rindex(b"hello from the backend")
