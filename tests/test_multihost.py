@@ -510,6 +510,14 @@ def test_2_load_spreads_and_each_replica_is_verified_once(cluster):
         uncached = [e for e in events if not e["cached"]]
         assert len(uncached) == 1, f"certificate {cert[:16]} verified {len(uncached)} times, not once"
         assert all(e["target"] == SERVICE and e["tls_version"] == "TLSv1.3" for e in events)
+    # TLS ended in the sidecars, not at the ingress: the certificates the proxy verified are the
+    # ones the replicas' sidecars issued (their own log), one per replica.
+    issued = {}
+    for host in ("r1", "r2"):
+        log = cluster.tmp / f"{host}-sidecar.log"
+        events = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        issued[host] = {e["cert_sha256"] for e in events if e.get("event") == "certificate"}
+    assert set(by_cert) == issued["r1"] | issued["r2"] and all(len(v) == 1 for v in issued.values()), (set(by_cert), issued)
     print("handshakes:", {c[:12]: {"connections": len(ev), "verified": sum(not e["cached"] for e in ev)} for c, ev in by_cert.items()})
 
     # nginx logs each upstream connection when it is made (the access log only when it closes)
