@@ -2,7 +2,10 @@
 
 Cases (all against the real tritonserver of ``client.backends.triton_digits``, KServe v2 binary
 tensors so the backend does no JSON work):
-- ``http-1k``: HTTP/1.1 POST ``echo_fp32`` with 1 KB of tensor data (1 KB back);
+- ``http-1k-get``: HTTP/1.1 GET ``/v2/models/echo_fp32/config`` (1.1 KB of JSON back), served by
+  Triton's C++ front end alone: the backend is fast here, so this row shows the pair's own cost;
+- ``http-1k``: HTTP/1.1 POST ``echo_fp32`` with 1 KB of tensor data (1 KB back; the model runs in
+  pytriton's Python process, which bounds the rate on a small machine);
 - ``http-600k``: HTTP/1.1 POST ``mean_fp32`` with a 3x224x224 FP32 image (602 KB up, a few bytes back);
 - ``grpc-600k``: gRPC ``ModelInfer`` ``mean_fp32`` with the same 602 KB image.
 
@@ -58,14 +61,16 @@ def kserve_binary_body(model_input: str, arr: np.ndarray, want_binary_output: bo
 
 
 _WRK_LUA = r"""
-wrk.method = "POST"
+wrk.method = "{method}"
 wrk.path = "{path}"
 wrk.headers["Host"] = "{host}"
-wrk.headers["Content-Type"] = "application/octet-stream"
-wrk.headers["Inference-Header-Content-Length"] = "{hlen}"
-local f = assert(io.open("{body}", "rb"))
-wrk.body = f:read("*all")
-f:close()
+if "{method}" == "POST" then
+  wrk.headers["Content-Type"] = "application/octet-stream"
+  wrk.headers["Inference-Header-Content-Length"] = "{hlen}"
+  local f = assert(io.open("{body}", "rb"))
+  wrk.body = f:read("*all")
+  f:close()
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('RESULT {{"requests": %d, "duration_us": %d, "bytes": %d, "errors": %d, "status_errors": %d, '
@@ -76,11 +81,12 @@ end
 """
 
 
-def run_wrk(connect_url: str, path: str, host: str, body: bytes, hlen: int, connections: int, duration: float, tmp: Path) -> dict:
-    body_file = tmp / f"body-{len(body)}.bin"
-    body_file.write_bytes(body)
+def run_wrk(connect_url: str, path: str, host: str, body: bytes | None, hlen: int, connections: int, duration: float, tmp: Path) -> dict:
+    """POST ``body`` (KServe v2 binary) or, with ``body=None``, GET ``path``; through ``connect_url``."""
+    body_file = tmp / f"body-{len(body or b'')}.bin"
+    body_file.write_bytes(body or b"")
     script = tmp / "wrk.lua"
-    script.write_text(_WRK_LUA.format(path=path, host=host, hlen=hlen, body=body_file))
+    script.write_text(_WRK_LUA.format(method="GET" if body is None else "POST", path=path, host=host, hlen=hlen, body=body_file))
     cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration:.0f}s", "--timeout", "10s", "-s", str(script), connect_url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, env={k: v for k, v in os.environ.items() if "proxy" not in k.lower()})
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_pair: wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
         return 2
 
+    load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench-pair-"))
     started = []
     results: list[dict] = []
@@ -177,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         small, small_hlen = kserve_binary_body("input", np.ones((1, 256), np.float32), want_binary_output=True)
         image = np.random.default_rng(0).random((1, IMAGE_FLOATS), dtype=np.float32)
         big, big_hlen = kserve_binary_body("input", image, want_binary_output=False)
-        http_cases = [("http-1k", "/v2/models/echo_fp32/infer", small, small_hlen, 1024), ("http-600k", "/v2/models/mean_fp32/infer", big, big_hlen, image.nbytes)]
+        http_cases = [("http-1k-get", "/v2/models/echo_fp32/config", None, 0, 0),
+                      ("http-1k", "/v2/models/echo_fp32/infer", small, small_hlen, 1024),
+                      ("http-600k", "/v2/models/mean_fp32/infer", big, big_hlen, image.nbytes)]
         for name, path, body, hlen, payload_bytes in http_cases:
             for route in ("direct", "pair"):
                 if route == "direct":
@@ -215,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "duration_s": args.duration, "backend": "tritonserver (nvidia-pytriton) on 127.0.0.1",
             "pair": "ratls proxy + ratls sidecar (--tee sim), TLS 1.3, separate processes, same host",
-            "attested_handshakes_logged": handshakes}
+            "attested_handshakes_logged": handshakes,
+            "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pair.json").write_text(json.dumps({"meta": meta, "results": results, "comparison": comparison}, indent=1) + "\n")
     (args.out / "pair.md").write_text(render_md(meta, results, comparison))
@@ -228,7 +238,9 @@ def render_md(meta: dict, results: list[dict], comparison: dict) -> str:
         "# Through the pair vs direct",
         "",
         f"{meta['date']}, {meta['cpus']} CPUs, Python {meta['python']}, {meta['duration_s']:.0f} s per row. Backend: {meta['backend']}. "
-        f"Pair: {meta['pair']}. Load, backend, proxy and sidecar share the same cores. Generated by `bench/bench_pair.py`.",
+        f"Pair: {meta['pair']}. Load, backend, proxy and sidecar share the same cores "
+        f"(1-minute load average {meta['loadavg_1m_before_after'][0]} before, {meta['loadavg_1m_before_after'][1]} after: other work on the host counts too). "
+        "Generated by `bench/bench_pair.py`.",
         "",
         "| case | path | load generator | in flight | req/s | MB/s up | p50 ms | p99 ms | mean ms | errors |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -239,7 +251,7 @@ def render_md(meta: dict, results: list[dict], comparison: dict) -> str:
     lines += ["", "| case | pair req/s ÷ direct | p50 added ms | p99 added ms |", "| --- | ---: | ---: | ---: |"]
     for case, c in comparison.items():
         lines.append(f"| {case} | {c['rps_ratio_pair_over_direct']} | {c['p50_added_ms']} | {c['p99_added_ms']} |")
-    lines += ["", "http-1k: `echo_fp32`, 1 KB each way; http-600k / grpc-600k: `mean_fp32`, a 3x224x224 FP32 image (602 KB) up, 4 bytes down.",
+    lines += ["", "http-1k-get: GET the model config (1.1 KB JSON, Triton's C++ front end only, no model call); http-1k: `echo_fp32`, 1 KB each way; http-600k / grpc-600k: `mean_fp32`, a 3x224x224 FP32 image (602 KB) up, 4 bytes down.",
               "HTTP through the pair uses absolute-form requests to the proxy (as `http_proxy` clients do); gRPC uses CONNECT (as grpcio does with `grpc_proxy`).", ""]
     return "\n".join(lines)
 

@@ -231,3 +231,21 @@ def test_triton_http_digits_and_big_tensors(triton, digits_data):
     np.testing.assert_array_equal(client.infer("identity_fp32", [inp]).as_numpy("output"), big)
     np.testing.assert_allclose(client.infer("mean_fp32", [inp]).as_numpy("mean").ravel(), big.mean(axis=1), rtol=1e-5)
     client.close()
+
+
+def test_tfs_serves_the_model_from_model_dir(tmp_path, digits_data):
+    """--model-dir (what the unseal step decrypts into) replaces the trained-at-start model."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from client.backends.digits import DigitsModel
+    from client.backends.tfserving import TFServingBackend
+    from tests.pair import free_port
+
+    x_all, y_all = load_digits(return_X_y=True)
+    shifted = LogisticRegression(max_iter=2000).fit(x_all / 16.0, (y_all + 1) % 10)  # a model that answers digit+1
+    save(DigitsModel(estimator=shifted), tmp_path)
+    x, y = digits_data
+    with TFServingBackend(grpc_port=free_port(), rest_port=free_port(), model_dir=tmp_path) as b:
+        resp = _predict(f"127.0.0.1:{b.grpc_port}", "digits", {"pixels": x})
+    assert (make_ndarray(resp.outputs["label"]) == (y + 1) % 10).mean() > 0.9
