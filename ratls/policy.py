@@ -18,7 +18,9 @@ Secure defaults are added as *implicit* rules, each visible in the result so a r
 * a debuggable TEE fails unless the policy names its ``*-is-debuggable`` claim;
 * a TCB status other than ``UpToDate`` fails unless the policy names ``tcb-status``;
 * evidence older than :data:`DEFAULT_MAX_AGE_S` fails unless the policy bounds
-  ``evidence-age-seconds`` itself.
+  ``evidence-age-seconds`` itself;
+* stale collateral (Intel TCB info, QE identity or a CRL past its next update) fails unless the
+  policy names ``collateral-stale``.
 
 Keys starting with ``$`` are metadata (``$name``, ``$comment``) and are not rules. There is no
 accept-all policy: an empty policy is rejected when loaded.
@@ -38,6 +40,7 @@ from .errors import PolicyError, Reason
 ATTESTATION_TYPE = "x-ms-attestation-type"
 TCB_STATUS = "tcb-status"
 EVIDENCE_AGE = "evidence-age-seconds"
+COLLATERAL_STALE = "collateral-stale"
 DEBUG_SUFFIX = "-is-debuggable"
 POLICY_SIGNER = "x-ms-policy-signer"
 SIM_TYPE = "sim"
@@ -213,6 +216,9 @@ def evaluate(policy: Policy, claims: Mapping[str, Any]) -> PolicyResult:
     if TCB_STATUS not in policy.rules and TCB_STATUS in claims:
         status = claims[TCB_STATUS]
         rules.append(Rule(TCB_STATUS, GOOD_TCB, status, status == GOOD_TCB, True, "" if status == GOOD_TCB else "TCB not up to date: name tcb-status in the policy to admit it"))
+
+    if COLLATERAL_STALE not in policy.rules and claims.get(COLLATERAL_STALE) is True:
+        rules.append(Rule(COLLATERAL_STALE, False, True, False, True, "collateral past its next update: name collateral-stale in the policy to admit it"))
 
     if EVIDENCE_AGE not in policy.rules and EVIDENCE_AGE in claims:
         age = claims[EVIDENCE_AGE]

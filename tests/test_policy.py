@@ -153,3 +153,12 @@ def test_parse_policy_only_raises_policy_error(text):
         parse_policy(text)
     except PolicyError:
         pass
+
+
+def test_stale_collateral_refused_unless_named():
+    stale = dict(SNP, **{"collateral-stale": True})
+    res = Policy.from_mapping({"x-ms-attestation-type": "sevsnpvm"}).evaluate(stale)
+    assert not res.ok and rules_by_claim(res)["collateral-stale"].implicit
+    assert Policy.from_mapping({"x-ms-attestation-type": "sevsnpvm", "collateral-stale": [True, False]}).evaluate(stale).ok
+    fresh = dict(SNP, **{"collateral-stale": False})
+    assert Policy.from_mapping({"x-ms-attestation-type": "sevsnpvm"}).evaluate(fresh).ok
