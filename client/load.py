@@ -36,6 +36,9 @@ KNOWN_MODELS = {"digits": ("pixels", 64), "identity_fp32": ("input", IMAGE_FLOAT
 #: progress bar from this many queries on (short runs print only their query lines)
 PROGRESS_FROM = 200
 
+TRITON_HTTP_NO_PROXY = ("triton-http: tritonclient's HTTP client cannot use a proxy; "
+                        "run `ratls proxy --map 127.0.0.1:PORT=SERVICE:8000` and give --url 127.0.0.1:PORT")
+
 Infer = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
@@ -122,8 +125,7 @@ def make_infer(kind: str, url: str, model: str, input_name: str, proxy: str | No
 
     if kind == "triton-http":
         if proxy:
-            raise UsageError(Reason.CONFIG_INVALID, "triton-http: tritonclient's HTTP client cannot use a proxy; "
-                             "run `ratls proxy --map 127.0.0.1:PORT=SERVICE:8000` and give --url 127.0.0.1:PORT")
+            raise UsageError(Reason.CONFIG_INVALID, TRITON_HTTP_NO_PROXY)
         import tritonclient.http as th
 
         client = th.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
@@ -315,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     if input_name is None or width is None:
         raise UsageError(Reason.CONFIG_INVALID, f"model {args.model!r} is not one of the examples: give --input NAME and --width N")
     if args.kind == "triton-http" and args.proxy:
-        make_infer(args.kind, args.url, args.model, input_name, proxy=args.proxy)  # raises the explanation
+        raise UsageError(Reason.CONFIG_INVALID, TRITON_HTTP_NO_PROXY)
     x, labels = make_inputs(args.model, width, args.batch)
 
     def factory() -> tuple[Infer, Callable[[], None]]:
