@@ -193,3 +193,16 @@ def test_markdown_and_json_report(tmp_path):
     summary = json.loads((tmp_path / "suite-summary.json").read_text())
     assert summary["meta"]["commit"] == "abc123" and len(summary["goals"]) == len(report.GOALS)
     assert json.loads((tmp_path / "suite-tls-h1-1k-c16.json").read_text())["runs"][0]["ratios"] == {"nginx": 0.8}
+
+
+def test_rounds_combine_to_the_lower_median_and_keep_every_rate():
+    from bench.suite.runner import Spec, Suite
+
+    spec = Spec("pair", "subject", list, list, group="wrk")
+    rounds = [{"rps": 300.0, "errors": 1, "p50_ms": 2}, {"error": "LoadError: boom", "rps": 0}, {"rps": 100.0, "errors": 2, "p50_ms": 5}]
+    out = Suite._combine(spec, rounds)
+    assert out["rps"] == 100.0 and out["p50_ms"] == 5  # two good rounds: the lower one stands
+    assert out["errors"] == 3 and out["rounds_rps"] == [300.0, 0, 100.0]
+    assert out["round_errors"] == ["LoadError: boom"] and out["group"] == "wrk"
+    failed = Suite._combine(spec, [{"error": "RuntimeError: x", "rps": 0}])
+    assert failed["error"] == "RuntimeError: x"

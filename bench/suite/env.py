@@ -28,7 +28,9 @@ from .procs import Server, free_port, start
 REPO = Path(__file__).resolve().parents[2]
 SERVER_NAME = "bench.local"
 SIZES = {"1k": 1024, "600k": 600 * 1024}
-TRITON_FLOATS = 3 * 224 * 224  # client.backends.triton_digits.IMAGE_FLOATS: 602,112 bytes of FP32
+TRITON_FLOATS = 3 * 224 * 224
+#: the proxy's --pool-idle-timeout in the suite (default 60 s): short, so "after the load" can include the pool's release
+POOL_IDLE_S = 4  # client.backends.triton_digits.IMAGE_FLOATS: 602,112 bytes of FP32
 
 
 def write_tls(d: Path) -> dict[str, Path]:
@@ -223,6 +225,9 @@ class Env:
             argv += ["--map", f"127.0.0.1:{local}={svc}"]
         if "--workers" in helptext:
             argv += ["--workers", str(self.workers)]
+        if "--pool-idle-timeout" in helptext:
+            # idle pooled upstream connections go within the memory scenario's after-load wait (runner.AFTER_S)
+            argv += ["--pool-idle-timeout", str(POOL_IDLE_S)]
         s = start(name, argv, d / "stdout.log", [port, *(maps or {})], cwd=REPO, env={"RATLS_SIM_DIR": str(self.sim_dir), **self.ratls_env}, timeout=60)
         s.ports = {"http": port, "admin": admin, **{f"map{i}": p for i, p in enumerate(maps or {})}}
         return self._track(s)

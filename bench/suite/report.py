@@ -128,8 +128,10 @@ def markdown(scenarios: dict[str, dict], goals: list[dict], meta: dict) -> str:
         lines.append("")
     if meta.get("skips"):
         lines += ["## Not run", ""] + [f"- {k}: {v}" for k, v in meta["skips"].items()] + [""]
+    lines += ["## Notes", "", "Why goals are missed, the py-spy profiles, syscall counts, the kTLS/splice probe and the proposed "
+              "patches: [bench/README.md](../README.md#findings).", ""]
     if meta.get("notes"):
-        lines += ["## Notes", "", meta["notes"], ""]
+        lines += [meta["notes"], ""]
     return "\n".join(lines)
 
 
@@ -164,7 +166,7 @@ def write_chart(out: Path, scenarios: dict[str, dict], goals: list[dict]) -> Pat
         return None
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(16, max(5, 0.55 * len(ran) + 2)), gridspec_kw={"width_ratios": [3, 2]})
     names = sorted({r["name"] for sc in ran.values() for r in sc["runs"]})
-    colors = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+    colors = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
     h = 0.8 / max(1, max(len(sc["runs"]) for sc in ran.values()))
     for i, (_sid, sc) in enumerate(ran.items()):
         top = max((r["rps"] for r in sc["runs"] if not r.get("error")), default=1) or 1
@@ -178,7 +180,7 @@ def write_chart(out: Path, scenarios: dict[str, dict], goals: list[dict]) -> Pat
     ax.set_xlabel("requests/s, relative to the fastest subject of the scenario (labels: absolute)")
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=False))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="lower right")
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=5)
     measured = [g for g in goals if g["measured"] is not None]
     vals = [(g["measured"] / g["target"]) if g["kind"] == "ratio" else (g["target"] / max(g["measured"], 0.1) if g["kind"] == "rss" else
             (1.0 if g["met"] else 0.5)) for g in measured]

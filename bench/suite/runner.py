@@ -25,6 +25,8 @@ from .loadgen import GRPC_HEADERS, GRPC_PATH, LoadResult, run_client, run_h2load
 from .procs import CLK_TCK, RssSampler, Server, free_port
 
 Load = Callable[[float], LoadResult]
+#: seconds after a memory subject's last round before its "after" RSS sample (> the proxy's pool idle timeout + sweep)
+AFTER_S = 8.0
 
 
 @dataclass(eq=False)
@@ -77,12 +79,13 @@ class Suite:
         try:
             srv = spec.servers()
             fn = spec.load()
+            if spec.memory and not spec.idle:  # before any load of this subject, warm-up included
+                spec.idle = {s.name: s.rss_bytes() for s in srv}
             if spec.warm and self.warmup:
                 fn(self.warmup)
             before = sum(s.cpu_ticks() for s in srv)
             t0 = time.monotonic()
             if spec.memory:
-                spec.idle = spec.idle or {s.name: s.rss_bytes() for s in srv}
                 with RssSampler(srv) as sampler:
                     res = fn(self.duration)
                 for k, v in sampler.peak.items():
@@ -125,7 +128,7 @@ class Suite:
         memory = {}
         watched = [s for s in specs if s.memory and s.watched]
         if watched:
-            time.sleep(3)
+            time.sleep(AFTER_S)
             for spec in watched:
                 for srv in spec.watched:
                     memory[srv.name] = {"idle_mb": round(spec.idle[srv.name] / 2**20, 1), "peak_mb": round(spec.peak[srv.name] / 2**20, 1),
