@@ -249,7 +249,8 @@ class Endpoint(asyncio.Protocol):
                 fut.set_exception(e)
             return fut
         self.mode = Mode.FORWARD
-        self.resume_reading()
+        if not dst._write_paused:  # else the destination's resume_writing resumes us
+            self.resume_reading()
         return fut
 
     def _finish_forward(self, exc: BaseException | None) -> None:
@@ -269,7 +270,7 @@ class Endpoint(asyncio.Protocol):
         self.mode = Mode.TUNNEL
         if self.eof:
             dst.half_close()
-        else:
+        elif not dst._write_paused:
             self.resume_reading()
 
 
