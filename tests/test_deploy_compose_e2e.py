@@ -31,7 +31,7 @@ import yaml
 
 from tests.test_deploy_compose import interpolate
 from tests.test_deploy_images import final
-from tests.test_multihost import in_netns
+from tests.test_multihost import in_netns, netns_unusable
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton]
 
@@ -42,8 +42,9 @@ SIM_MEASUREMENT_HEX = "831934ec5791f1ea951e5f90d21bf7188453c0a0a50a8687b13236c9d
 
 
 def _skip_reason() -> str | None:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        return "needs root and iproute2 for a private network namespace"
+    why = netns_unusable()
+    if why:
+        return why
     try:
         import pytriton  # noqa: F401
     except ImportError:
@@ -53,9 +54,14 @@ def _skip_reason() -> str | None:
     return None
 
 
+def _pythonpath() -> str:
+    """This checkout first, whatever the environment has installed (the processes run from a temporary cwd)."""
+    return os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def _owner_material(work: Path) -> None:
     """The owner's steps of docs/deploy.md ("One machine: Compose"), verbatim but for the paths."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": _pythonpath()}
     script = f"""
 set -e
 cd {work}
@@ -124,7 +130,7 @@ class Runner:
 
     def env(self, svc: dict) -> dict[str, str]:
         image_env = {"RATLS_SIM_DIR": "/var/run/ratls/sim"} if "ratls-backend" not in svc["image"] else {}
-        return {**os.environ, **{k: self.rewrite(v) for k, v in image_env.items()}, "HOME": str(self.tmp)}
+        return {**os.environ, **{k: self.rewrite(v) for k, v in image_env.items()}, "HOME": str(self.tmp), "PYTHONPATH": _pythonpath()}
 
     def run_once(self, name: str, svc: dict) -> None:
         proc = subprocess.run(["ip", "netns", "exec", self.ns, *self.argv(svc)], capture_output=True, text=True, env=self.env(svc),

@@ -19,7 +19,7 @@ import subprocess
 import pytest
 
 from tests.test_deploy_kubernetes import TARGETS, container, one, pod_spec, render
-from tests.test_multihost import in_netns
+from tests.test_multihost import in_netns, netns_unusable
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,9 @@ def _skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root for network namespaces and iptables"
     missing = [t for t in ("ip", "iptables", "ip6tables") if shutil.which(t) is None]
-    return f"not installed: {', '.join(missing)}" if missing else None
+    if missing:
+        return f"not installed: {', '.join(missing)}"
+    return netns_unusable(["iptables", "-w", "-S"], ["ip6tables", "-w", "-S"])
 
 
 def _listen(port: int, addr: str = "0.0.0.0") -> socket.socket:

@@ -542,7 +542,7 @@ def test_sim_chain_reaches_only_the_sim_dir_init_and_its_copy_loads(rendered, tm
     run_path = next(p for p, m in mounts(init).items() if m["name"] == "run")
     # a Secret volume as the kubelet writes it: root-owned files, group-readable (defaultMode 0440)
     made = tmp_path / "made"
-    subprocess.run([sys.executable, "-m", "ratls.cli", "sim", "init", "--dir", str(made)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "ratls.cli", "sim", "init", "--dir", str(made)], check=True, capture_output=True, cwd=ROOT)
     secret = tmp_path / "secret"
     secret.mkdir()
     for f in ("authority.pem", "root.der"):

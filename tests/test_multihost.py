@@ -114,11 +114,24 @@ def prerequisites() -> str | None:
         return "this nginx was built without the stream ssl_preread module"
     if "--with-stream=dynamic" in nginx_v and _nginx_stream_module() is None:
         return "nginx's stream module is not installed (Debian: apt-get install libnginx-mod-stream)"
+    return netns_unusable()
+
+
+def netns_unusable(*probe_commands: list[str]) -> str | None:
+    """None if a network namespace can be made here (and each probe command succeeds inside it), else why not."""
+    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("ip") is None:
+        return "network namespaces need Linux, root and `ip` (iproute2)"
     probe = f"ratls-probe-{os.getpid()}"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, check=False)
     if made.returncode != 0:
         return f"cannot create a network namespace: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True, check=False)
+    try:
+        for cmd in probe_commands:
+            ran = subprocess.run(["ip", "netns", "exec", probe, *cmd], capture_output=True, text=True, check=False)
+            if ran.returncode != 0:
+                return f"`{' '.join(cmd)}` fails in a network namespace: {ran.stderr.strip()[:200]}"
+    finally:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True, check=False)
     return None
 
 
@@ -188,9 +201,16 @@ class Hosts:
 
     def spawn(self, key: str, host: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         """Start ``argv`` inside ``host`` in its own process group; output goes to ``log``."""
+        # this checkout first, whatever the environment has installed
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
         with open(log, "ab") as out:
             p = subprocess.Popen(
-                ["ip", "netns", "exec", self.names[host], *argv], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                ["ip", "netns", "exec", self.names[host], *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                cwd=REPO,
             )
         self.procs[key] = p
         return p
