@@ -74,6 +74,8 @@ class Server:
     proc: subprocess.Popen
     ports: dict[str, int] = field(default_factory=dict)
     log: Path | None = None
+    #: RSS once it listened, before any load: the idle size it should come back to
+    rss_at_start: int = 0
 
     @property
     def pid(self) -> int:
@@ -117,6 +119,7 @@ def start(name: str, argv: list[str], log: Path, wait_ports: list[int], env: dic
         srv.stop()
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         raise RuntimeError(f"{name}: {e}\n{tail}") from e
+    srv.rss_at_start = srv.rss_bytes()
     return srv
 
 

@@ -39,8 +39,8 @@ GOALS: tuple[Goal, ...] = (
     Goal("cache-hit handshakes ≥ 0.8× nginx's (same Python client)", "handshakes", "sidecar-cache-hit", "nginx", 0.8),
     Goal("sidecar < 80 MB RSS, 64 conns × 600 KB", "pair-600k-c64", "sidecar", None, 80.0, "rss"),
     Goal("proxy < 80 MB RSS, 64 conns × 600 KB", "pair-600k-c64", "proxy", None, 80.0, "rss"),
-    Goal("sidecar back to idle RSS after load (≤ +10 MB)", "pair-600k-c64", "sidecar", None, 10.0, "idle"),
-    Goal("proxy back to idle RSS after load (≤ +10 MB)", "pair-600k-c64", "proxy", None, 10.0, "idle"),
+    Goal("sidecar back to its idle RSS (at start) after load (≤ +10 MB)", "pair-600k-c64", "sidecar", None, 10.0, "idle"),
+    Goal("proxy back to its idle RSS (at start) after load (≤ +10 MB)", "pair-600k-c64", "proxy", None, 10.0, "idle"),
 )
 
 
@@ -75,7 +75,7 @@ def evaluate(goal: Goal, scenarios: dict[str, dict]) -> dict:
     else:
         v = round(mem["after_mb"] - mem["idle_mb"], 1)
         out.update(measured=v, met=v <= goal.target, margin_pct=round(goal.target - v, 1))
-        out["note"] = f"idle {mem['idle_mb']} MB, peak {mem['peak_mb']} MB, after {mem['after_mb']} MB"
+        out["note"] = f"idle at start {mem['idle_mb']} MB, peak {mem['peak_mb']} MB, after {mem['after_mb']} MB"
     return out
 
 
@@ -87,7 +87,7 @@ def markdown(scenarios: dict[str, dict], goals: list[dict], meta: dict) -> str:
     lines = ["# Benchmark results (bench/suite)", "",
              f"- date: {meta['date']}", f"- machine: {meta['machine']}", f"- commit: `{meta['commit']}`",
              f"- command: `{meta['command']}`", f"- load: {meta['duration_s']} s per subject and round (+ warm-up), "
-             f"{meta.get('rounds', 1)} rounds with the subjects interleaved, the lower-median round reported (every round's "
+             f"{meta.get('rounds', 1)} rounds with the subjects interleaved, the median round reported (lower median for an even count) (every round's "
              f"req/s in brackets); servers with {meta['workers']} worker(s) each", f"- tools: {meta['tools']}", "",
              "Ratios compare subjects measured in the same run with the same load generator and the same backend (nginx",
              "serving 1 KB / sinking POSTs). On a 2-core machine shared with the load generator and the backend (and, here,",
@@ -121,8 +121,9 @@ def markdown(scenarios: dict[str, dict], goals: list[dict], meta: dict) -> str:
                          f"{_fmt(r['cpu_ms_per_req'], 3)} | {r['errors']} | {ratios} |")
         if sc.get("memory"):
             lines.append("")
-            lines.append("RSS (MB): " + "; ".join(f"{k}: idle {m['idle_mb']}, peak {m['peak_mb']}, after {m['after_mb']}"
-                                                 for k, m in sc["memory"].items()))
+            lines.append("RSS (MB; idle = just started, before = when this scenario began): " + "; ".join(
+                f"{k}: idle {m['idle_mb']}, before {m.get('before_mb', '–')}, peak {m['peak_mb']}, after {m['after_mb']}"
+                for k, m in sc["memory"].items()))
         if sc.get("notes"):
             lines += ["", sc["notes"]]
         lines.append("")

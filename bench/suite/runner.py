@@ -46,7 +46,7 @@ class Spec:
 
 
 class Suite:
-    def __init__(self, env: Env, duration: float, warmup: float, only: set[str] | None, h2_streams: int = 4, rounds: int = 2):
+    def __init__(self, env: Env, duration: float, warmup: float, only: set[str] | None, h2_streams: int = 4, rounds: int = 3):
         self.env, self.duration, self.warmup, self.only, self.rounds = env, duration, warmup, only, rounds
         self.h2_streams = h2_streams
         self.scenarios: dict[str, dict] = {}
@@ -131,8 +131,8 @@ class Suite:
             time.sleep(AFTER_S)
             for spec in watched:
                 for srv in spec.watched:
-                    memory[srv.name] = {"idle_mb": round(spec.idle[srv.name] / 2**20, 1), "peak_mb": round(spec.peak[srv.name] / 2**20, 1),
-                                        "after_mb": round(srv.rss_bytes() / 2**20, 1)}
+                    memory[srv.name] = {"idle_mb": round(srv.rss_at_start / 2**20, 1), "before_mb": round(spec.idle[srv.name] / 2**20, 1),
+                                        "peak_mb": round(spec.peak[srv.name] / 2**20, 1), "after_mb": round(srv.rss_bytes() / 2**20, 1)}
         if memory:
             extra["memory"] = memory
         sc = {"id": sid, "title": title, "params": {**params, "rounds": self.rounds, "seconds_per_round": self.duration}, "runs": runs, **extra}
@@ -434,8 +434,8 @@ def tool_versions(env: Env) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/run.py", description="ratls benchmark suite (issue 6): subject and baselines in one run")
-    p.add_argument("--duration", type=float, default=4.0, help="seconds of measured load per subject and round (default 4)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds per scenario, subjects interleaved; the median round counts (default 2)")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds of measured load per subject and round (default 3)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per scenario, subjects interleaved; the median round counts (default 3)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up load before each wrk measurement")
     p.add_argument("--workers", type=int, default=1, help="workers for every server under test (nginx, HAProxy, sidecar, proxy)")
     p.add_argument("--only", action="append", help="run scenarios whose id starts with this (repeatable)")
