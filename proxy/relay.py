@@ -26,8 +26,8 @@ from .http1 import BodyFramer, HttpError
 #: read-side buffer limit in BUFFER mode (heads, sniffing); forwarding never buffers
 BUFFER_LIMIT = 256 * 1024
 #: transport write buffer high-water mark: large, so bulk bodies move in big writes
-WRITE_HIGH = 4 * 1024 * 1024
-WRITE_LOW = 1024 * 1024
+WRITE_HIGH = 512 * 1024
+WRITE_LOW = 128 * 1024
 
 
 class Mode(enum.Enum):

@@ -51,7 +51,7 @@ from .http1 import (
     split_authority,
     upstream_head,
 )
-from .obs import JsonLog, next_conn_id, utcnow
+from .obs import JsonLog, next_conn_id, trim_memory, utcnow
 from .relay import Endpoint, Mode, splice
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -397,6 +397,8 @@ class Proxy:
                         u.ep.close()
                 self._pool[key] = keep
             self.cache.prune()
+            if not self._clients:
+                trim_memory()
 
     # -- client side ----------------------------------------------------------------------
     def _route_for(self, host: bytes | str, port: int) -> Route | None:

@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from proxy.obs import JsonLog, next_conn_id, utcnow
+from proxy.obs import JsonLog, next_conn_id, trim_memory, utcnow
 from proxy.relay import Endpoint, splice
 from ratls.evidence import Evidence
 
@@ -140,6 +140,12 @@ class Sidecar:
         key_pem, cert = await asyncio.to_thread(self.prepare)
         self.install(key_pem, cert, time.perf_counter() - t0)
 
+    async def _trim_when_idle(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            if not self._conns:
+                trim_memory()
+
     async def _rotate_forever(self) -> None:
         period = max(1.0, self.cfg.lifetime.total_seconds() * self.cfg.rotate_at)
         while True:
@@ -161,6 +167,7 @@ class Sidecar:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._rotator = asyncio.create_task(self._rotate_forever())
+        self._spawn(self._trim_when_idle())
         if self.cfg.admin is not None:
             from proxy.obs import AdminServer
 
