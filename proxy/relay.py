@@ -30,6 +30,15 @@ WRITE_HIGH = 512 * 1024
 WRITE_LOW = 128 * 1024
 
 
+#: a head and at most this many buffered body bytes are joined into one write
+_COALESCE = 64 * 1024
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
 class Mode(enum.Enum):
     BUFFER = 0
     FORWARD = 1
@@ -48,7 +57,7 @@ class Endpoint(asyncio.Protocol):
         self.feeder: Endpoint | None = None
         self.framer: BodyFramer | None = None
         self._done: asyncio.Future[None] | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
         self.eof = False
         self.eof_sent = False
         self.closed = False
@@ -186,22 +195,29 @@ class Endpoint(asyncio.Protocol):
 
     def _wake(self) -> None:
         w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(True)
 
-    def wait_for_data(self) -> asyncio.Future[None]:
-        """A future that completes when more bytes arrive in ``buf`` or the stream ends (BUFFER mode).
+    def wait_for_data(self, timeout: float | None = None) -> asyncio.Future[bool]:
+        """A future that completes with True when more bytes arrive in ``buf`` or the stream ends
+        (BUFFER mode), or with False after ``timeout`` seconds.
 
         A plain function, not a coroutine: the waiter must exist *before* the caller yields, or
-        bytes that arrive in between (``wait_for`` starts a coroutine one loop turn later) would
-        be buffered with nobody woken.
+        bytes that arrive in between would be buffered with nobody woken. The timeout is a timer
+        on the loop rather than ``asyncio.wait_for`` (a task per wait) because it runs per request.
         """
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
         if self.eof or self.closed:
-            fut.set_result(None)
+            fut.set_result(True)
             return fut
         self.resume_reading()
         self._waiter = fut
+        if timeout is not None:
+            handle = loop.call_later(max(0.0, timeout), _expire, fut)
+            fut.add_done_callback(lambda _f: handle.cancel())
         return fut
 
     def take(self, n: int | None = None) -> bytes:
@@ -220,8 +236,10 @@ class Endpoint(asyncio.Protocol):
         if dst._write_paused:
             self.pause_reading()
 
-    def forward(self, framer: BodyFramer, dst: Endpoint) -> asyncio.Future[None]:
-        """Relay one body to ``dst``; the future completes when it ended (or fails with why)."""
+    def forward(self, framer: BodyFramer, dst: Endpoint, prefix: bytes = b"") -> asyncio.Future[None]:
+        """Relay one body to ``dst``, after ``prefix`` (its message head); the future completes
+        when the body ended (or fails with why). Head and the body bytes already buffered go out
+        in one write: a small message costs one send, not two."""
         self._done = fut = asyncio.get_running_loop().create_future()
         self._link(dst)
         self.framer = framer
@@ -230,14 +248,24 @@ class Endpoint(asyncio.Protocol):
             try:
                 n, done = framer.feed(data)
             except HttpError as e:
+                if prefix:
+                    dst.write(prefix)
                 fut.set_exception(e)
                 return fut
-            if n:
-                dst.write(data[:n])
+            if prefix and n <= _COALESCE:
+                dst.write(prefix + data[:n] if n < len(data) else prefix + data)
+            else:
+                if prefix:
+                    dst.write(prefix)
+                if n:
+                    dst.write(data if n == len(data) else data[:n])
+            prefix = b""
             if done:
                 self.buf += data[n:]
                 fut.set_result(None)
                 return fut
+        if prefix:
+            dst.write(prefix)
         if framer.done:
             fut.set_result(None)
             return fut

@@ -452,10 +452,7 @@ class Proxy:
                 if c.buf:
                     raise HttpError(408, f"request head not complete within {self.cfg.idle_timeout:g} s")
                 return None
-            try:
-                await asyncio.wait_for(c.wait_for_data(), left)
-            except TimeoutError:
-                continue
+            await c.wait_for_data(left)
 
     async def _serve_proxy(self, c: _Client, peer: str | None) -> None:
         while True:
@@ -529,8 +526,11 @@ class Proxy:
         """Send one request upstream and relay its response; True when both connections stay usable."""
         u = up.ep
         answered = c.bytes_out
-        u.write(head)
-        body_done = c.forward(body, u) if not body.done else None
+        if body.done:
+            u.write(head)
+            body_done = None
+        else:
+            body_done = c.forward(body, u, prefix=head)
         sent_body = body.total
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.response_timeout
@@ -552,20 +552,19 @@ class Proxy:
                     left = deadline - loop.time()
                     if left <= 0:
                         raise UpstreamError(504, "response-head", f"no response from {up.route.service} within {self.cfg.response_timeout:g} s")
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(u.wait_for_data(), left)
-                c.write(u.take(resp.size))
-                if resp.status == 101:  # protocol switch (WebSocket): a verified tunnel from here on
-                    self.metrics.requests.labels("http", "101").inc()
-                    await splice(c, u)
-                    return False
+                    await u.wait_for_data(left)
                 if 100 <= resp.status < 200:
+                    c.write(u.take(resp.size))
+                    if resp.status == 101:  # protocol switch (WebSocket): a verified tunnel from here on
+                        self.metrics.requests.labels("http", "101").inc()
+                        await splice(c, u)
+                        return False
                     continue
                 break
             framing, length = response_framing(resp, req.method)
             rb = BodyFramer(framing, length, error_status=502)
             try:
-                await u.forward(rb, c)
+                await u.forward(rb, c, prefix=u.take(resp.size))
             except (HttpError, ConnectionError) as e:
                 self.metrics.errors.labels("response-body").inc()
                 self.log.write("error", target=up.route.service, step="response-body", error=str(e))
@@ -612,8 +611,7 @@ class Proxy:
             left = deadline - loop.time()
             if left <= 0:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(c.wait_for_data(), left)
+            await c.wait_for_data(left)
         return ALPN_H2 if bytes(c.buf[: len(H2_PREFACE)]) == H2_PREFACE else ALPN_HTTP1
 
     async def _tunnel(self, c: Endpoint, up: Upstream, kind: str) -> None:

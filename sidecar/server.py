@@ -203,11 +203,8 @@ class Sidecar:
         """HTTP/1.1 clients get a 502 naming the backend (after their request head), not a bare close."""
         import json
 
-        if not tls.buf:
-            try:
-                await asyncio.wait_for(tls.wait_for_data(), 10)
-            except TimeoutError:
-                return
+        if not tls.buf and not await tls.wait_for_data(10):
+            return
         body = json.dumps({"error": f"backend {_fmt(backend)} unreachable: {error}", "service": _fmt(backend),
                            "step": "backend-connect", "reason": "backend-unreachable", "failed": []}).encode()
         tls.write(_BACKEND_DOWN % (len(body), body))
