@@ -51,17 +51,20 @@ class Head:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     #: bytes the head occupied in the buffer, terminator included
     size: int = 0
+    #: lower-cased name -> values, built once (framing and hop-by-hop checks look names up often)
+    index: dict[bytes, list[bytes]] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.index:
+            for k, v in self.headers:
+                self.index.setdefault(k.lower(), []).append(v)
 
     def get(self, name: bytes) -> bytes | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
+        values = self.index.get(name.lower())
+        return values[0] if values else None
 
     def get_all(self, name: bytes) -> list[bytes]:
-        name = name.lower()
-        return [v for k, v in self.headers if k.lower() == name]
+        return self.index.get(name.lower(), [])
 
     def tokens(self, name: bytes) -> list[bytes]:
         """Comma-separated tokens of every ``name`` header, lower-cased (Connection, Transfer-Encoding)."""

@@ -125,6 +125,15 @@ class ProxyMetrics:
         self.bytes = Counter("ratls_proxy_bytes", "bytes relayed", ["direction"], registry=r)
         self.requests = Counter("ratls_proxy_requests", "requests and tunnels by kind and status", ["kind", "status"], registry=r)
         self.errors = Counter("ratls_proxy_errors", "errors by kind", ["kind"], registry=r)
+        self._req_children: dict[tuple[str, str], Any] = {}
+
+    def request(self, kind: str, status: int | str) -> None:
+        """Count one request; label children are cached (``labels()`` takes a lock per call)."""
+        key = (kind, str(status))
+        child = self._req_children.get(key)
+        if child is None:
+            child = self._req_children[key] = self.requests.labels(*key)
+        child.inc()
 
 
 class VerdictCache:
@@ -459,7 +468,7 @@ class Proxy:
             try:
                 req = await self._read_request(c)
             except HttpError as e:
-                self.metrics.requests.labels("http", str(e.status)).inc()
+                self.metrics.request("http", str(e.status))
                 self._error(c, e.status, {"error": e.detail, "step": "request-head"}, close=True)
                 return
             if req is None:
@@ -478,14 +487,14 @@ class Proxy:
             host, port, path = origin_form(req)
             framing, length = request_framing(req)
         except HttpError as e:
-            self.metrics.requests.labels("http", str(e.status)).inc()
+            self.metrics.request("http", str(e.status))
             self._error(c, e.status, {"error": e.detail, "step": "request-head"}, close=True)
             return False
         service = f"{host.decode('ascii', 'replace')}:{port}"
         has_body = framing is not Framing.NONE
         route = self._route_for(host, port)
         if route is None:
-            self.metrics.requests.labels("http", "403").inc()
+            self.metrics.request("http", "403")
             self.log.write("refused", peer=peer, target=service, reason="unknown-route")
             self._error(c, 403, {"error": f"no route for {service}: the proxy relays only to configured services", "service": service,
                                  "step": "route", "reason": "unknown-route", "failed": []}, close=has_body)
@@ -514,11 +523,11 @@ class Proxy:
                 return await self.get_upstream(route, peer)
             return await self.connect_upstream(route, ALPN_HTTP1, peer), False
         except Refused as r:
-            self.metrics.requests.labels("http", "502").inc()
+            self.metrics.request("http", "502")
             self._error(c, 502, r.body, close=has_body)
             return None, True
         except UpstreamError as e:
-            self.metrics.requests.labels("http", str(e.status)).inc()
+            self.metrics.request("http", str(e.status))
             self._error(c, e.status, {"error": e.detail, "service": route.service, "step": e.step, "failed": []}, close=has_body)
             return None, True
 
@@ -556,7 +565,7 @@ class Proxy:
                 if 100 <= resp.status < 200:
                     c.write(u.take(resp.size))
                     if resp.status == 101:  # protocol switch (WebSocket): a verified tunnel from here on
-                        self.metrics.requests.labels("http", "101").inc()
+                        self.metrics.request("http", "101")
                         await splice(c, u)
                         return False
                     continue
@@ -571,7 +580,7 @@ class Proxy:
                 c.abort()
                 u.abort()
                 return False
-            self.metrics.requests.labels("http", str(resp.status)).inc()
+            self.metrics.request("http", str(resp.status))
             if body_done is not None and not body_done.done():
                 # the service answered before the whole request body arrived: this exchange ends here
                 c.mode = Mode.BUFFER
@@ -590,7 +599,7 @@ class Proxy:
                 u.close()
             return reusable
         except UpstreamError as e:
-            self.metrics.requests.labels("http", str(e.status)).inc()
+            self.metrics.request("http", str(e.status))
             self.metrics.errors.labels(e.step).inc()
             u.abort()
             if c.bytes_out == answered:  # nothing of a response went out yet: the client gets a clear answer
@@ -615,20 +624,20 @@ class Proxy:
         return ALPN_H2 if bytes(c.buf[: len(H2_PREFACE)]) == H2_PREFACE else ALPN_HTTP1
 
     async def _tunnel(self, c: Endpoint, up: Upstream, kind: str) -> None:
-        self.metrics.requests.labels(kind, "200").inc()
+        self.metrics.request(kind, "200")
         await splice(c, up.ep)
 
     async def _serve_connect(self, c: _Client, req: Request, peer: str | None) -> None:
         try:
             host, port = split_authority(req.target)
         except HttpError as e:
-            self.metrics.requests.labels("connect", "400").inc()
+            self.metrics.request("connect", "400")
             self._error(c, 400, {"error": e.detail, "step": "request-head"}, close=True)
             return
         service = f"{host.decode('ascii', 'replace')}:{port}"
         route = self._route_for(host, port)
         if route is None:
-            self.metrics.requests.labels("connect", "403").inc()
+            self.metrics.request("connect", "403")
             self.log.write("refused", peer=peer, target=service, reason="unknown-route")
             self._error(c, 403, {"error": f"no route for {service}: the proxy relays only to configured services", "service": service,
                                  "step": "route", "reason": "unknown-route", "failed": []}, close=True)
@@ -639,11 +648,11 @@ class Proxy:
         try:
             up = await self.connect_upstream(route, ALPN_H2, peer)
         except Refused as r:
-            self.metrics.requests.labels("connect", "502").inc()
+            self.metrics.request("connect", "502")
             self._error(c, 502, r.body, close=True)
             return
         except UpstreamError as e:
-            self.metrics.requests.labels("connect", str(e.status)).inc()
+            self.metrics.request("connect", str(e.status))
             self._error(c, e.status, {"error": e.detail, "service": service, "step": e.step, "failed": []}, close=True)
             return
         c.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -669,7 +678,7 @@ class Proxy:
         except (Refused, UpstreamError) as e:
             body = e.body if isinstance(e, Refused) else {"error": e.detail, "service": service, "step": e.step, "failed": []}
             status = 502 if isinstance(e, Refused) else e.status
-            self.metrics.requests.labels("map", str(status)).inc()
+            self.metrics.request("map", str(status))
             if alpn == ALPN_HTTP1:
                 self._error(c, status, body, close=True)
             else:
