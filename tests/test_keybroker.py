@@ -16,9 +16,8 @@ from keybroker.store import SecretStore
 from ratls import kbs
 from ratls.errors import Reason, UsageError
 from ratls.evidence import Evidence
-from ratls.io.simdir import load_or_create, load_root
 from ratls.policy import Policy
-from ratls.sim import DEFAULT_MEASUREMENT
+from ratls.sim import DEFAULT_MEASUREMENT, SimAuthority
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 SECRET = bytes(range(32))
@@ -27,9 +26,10 @@ POLICY = {"x-ms-attestation-type": "sim", "x-ms-sevsnpvm-launchmeasurement": GOO
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sim")
-    return load_or_create(d), load_root(d)
+def sim():
+    """A simulated TEE whose chain is valid at NOW (the verifier's reference time), whatever the clock says."""
+    auth = SimAuthority.generate(now=NOW - timedelta(days=1))
+    return auth, auth.root_der
 
 
 class Dict:
