@@ -87,7 +87,10 @@ def encrypt_dir(
     """Seal every regular file of ``src`` into ``bundle`` (written beside, then renamed)."""
     src_p, out_p = Path(src), Path(bundle)
     files = model_files(src_p)
-    fd, tmp = tempfile.mkstemp(dir=out_p.parent or ".", prefix=f".{out_p.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out_p.parent or ".", prefix=f".{out_p.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UsageError(Reason.CONFIG_INVALID, f"cannot write the bundle beside {out_p}: {e.strerror or e}") from e
     try:
         with os.fdopen(fd, "wb") as out:
             w = BundleWriter(out, key, chunk_size=chunk_size, threaded=threaded)
@@ -97,9 +100,11 @@ def encrypt_dir(
                     w.add_file(rel, f, st.st_size, st.st_mode)
             manifest = w.finish(signer)
         os.replace(tmp, out_p)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # an unreadable model file, a full disk: unusable input, not a crash
+            raise UsageError(Reason.CONFIG_INVALID, f"cannot encrypt {src_p} into {out_p}: {e.strerror or e} ({e.filename})") from e
         raise
     return manifest
 
@@ -117,7 +122,7 @@ def verify_file(bundle: str | os.PathLike[str], public_key: PublicKey) -> tuple[
         return r.verify_signature(public_key), r
 
 
-def _wipe_file(p: str) -> None:
+def wipe_file(p: str) -> None:
     """Overwrite then unlink: on tmpfs the freed pages would otherwise keep model plaintext."""
     try:
         size = os.path.getsize(p)
@@ -135,7 +140,7 @@ def _wipe_file(p: str) -> None:
 def wipe_tree(path: str | os.PathLike[str]) -> None:
     for root, _dirs, files in os.walk(path, topdown=False):
         for name in files:
-            _wipe_file(os.path.join(root, name))
+            wipe_file(os.path.join(root, name))
     shutil.rmtree(path, ignore_errors=True)
 
 

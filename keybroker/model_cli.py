@@ -57,7 +57,12 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "encrypt":
         signer = load_private_key(_read(args.sign_key, "signing key")) if args.sign_key else None
         key = bf.read_key_file(args.key) if args.key else bf.write_new_key_file(args.key_out)
-        m = bf.encrypt_dir(args.src, args.output, key, signer=signer, chunk_size=args.chunk_size)
+        try:
+            m = bf.encrypt_dir(args.src, args.output, key, signer=signer, chunk_size=args.chunk_size)
+        except BaseException:
+            if args.key_out:  # the new key sealed nothing: leave no stray key file behind
+                bf.wipe_file(args.key_out)
+            raise
         out = {"action": "encrypt", "bundle": args.output, **m.summary(), "signed": signer is not None}
         if args.key_out:
             out["key_file"] = args.key_out

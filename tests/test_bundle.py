@@ -401,6 +401,23 @@ def test_cli_key_out_refuses_to_overwrite(tmp_path, model):
     assert kf.read_bytes() == b"x"
 
 
+@pytest.mark.parametrize("failure", ["missing-source", "symlink-in-model", "output-dir-missing"])
+def test_cli_key_out_removed_when_encryption_fails(tmp_path, model, failure, capsys):
+    """A key that sealed nothing must not be left behind (it would be mistaken for the bundle's key)."""
+    src, out = model, tmp_path / "b.rmb"
+    if failure == "missing-source":
+        src = tmp_path / "no-such-model"
+    elif failure == "symlink-in-model":
+        (model / "link").symlink_to(model / "config.pbtxt")
+    else:
+        out = tmp_path / "no-such-dir" / "b.rmb"
+    kf = tmp_path / "k.key"
+    assert ratls_main(["model", "encrypt", str(src), "-o", str(out), "--key-out", str(kf)]) == 2
+    assert not kf.exists(), "the new key file was left behind"
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert capsys.readouterr().out == ""
+
+
 def test_cli_hex_key_and_tampered_exit_1(tmp_path, model, capsys):
     kf = tmp_path / "k.hex"
     kf.write_text(KEY.hex() + "\n")
