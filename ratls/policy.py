@@ -20,7 +20,14 @@ Secure defaults are added as *implicit* rules, each visible in the result so a r
 * evidence older than :data:`DEFAULT_MAX_AGE_S` fails unless the policy bounds
   ``evidence-age-seconds`` itself;
 * stale collateral (Intel TCB info, QE identity or a CRL past its next update) fails unless the
-  policy names ``collateral-stale``.
+  policy names ``collateral-stale``;
+* Intel (TDX/SGX) evidence whose revocation was not checked (no root and PCK CA CRLs:
+  ``crl-checked: false``) fails unless the policy names ``crl-checked``;
+* Intel evidence whose quoting enclave was not matched against a signed QE identity
+  (``qe-identity-checked: false``) fails unless the policy names ``qe-identity-checked``.
+
+The last two are added whenever the verifier reports the claim, so a passing DCAP verdict shows
+them too; they are why "the quote's signatures verify" is not enough to admit Intel evidence.
 
 Keys starting with ``$`` are metadata (``$name``, ``$comment``) and are not rules. There is no
 accept-all policy: an empty policy is rejected when loaded.
@@ -41,6 +48,8 @@ ATTESTATION_TYPE = "x-ms-attestation-type"
 TCB_STATUS = "tcb-status"
 EVIDENCE_AGE = "evidence-age-seconds"
 COLLATERAL_STALE = "collateral-stale"
+CRL_CHECKED = "crl-checked"
+QE_IDENTITY_CHECKED = "qe-identity-checked"
 DEBUG_SUFFIX = "-is-debuggable"
 POLICY_SIGNER = "x-ms-policy-signer"
 SIM_TYPE = "sim"
@@ -187,6 +196,13 @@ def check(constraint: Any, actual: Any) -> tuple[bool, str]:
     return ok, ""
 
 
+#: claims a verifier sets true only when it ran that check; refused unless true or named
+_MUST_BE_CHECKED = (
+    (CRL_CHECKED, "revocation not checked (the collateral lacks the root or the PCK CA CRL)"),
+    (QE_IDENTITY_CHECKED, "quoting enclave not matched against a QE identity (none in the collateral)"),
+)
+
+
 def _names_sim(constraint: Any) -> bool:
     if isinstance(constraint, list):
         return SIM_TYPE in constraint
@@ -219,6 +235,12 @@ def evaluate(policy: Policy, claims: Mapping[str, Any]) -> PolicyResult:
 
     if COLLATERAL_STALE not in policy.rules and claims.get(COLLATERAL_STALE) is True:
         rules.append(Rule(COLLATERAL_STALE, False, True, False, True, "collateral past its next update: name collateral-stale in the policy to admit it"))
+
+    for claim, what in _MUST_BE_CHECKED:
+        if claim not in policy.rules and claim in claims:
+            actual = claims[claim]
+            ok = actual is True
+            rules.append(Rule(claim, True, actual, ok, True, "" if ok else f"{what}: name {claim} in the policy to admit it"))
 
     if EVIDENCE_AGE not in policy.rules and EVIDENCE_AGE in claims:
         age = claims[EVIDENCE_AGE]

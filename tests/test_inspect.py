@@ -148,3 +148,17 @@ def test_real_tdx_quote_with_collateral(capsys):
     assert rc == 1 and doc["evidence_type"] == "tdx"
     assert doc["error"]["step"] == "tcb-level-match" and doc["error"]["reason"] == "tcb-level-not-found"
     assert [s["name"] for s in doc["steps"] if s["ok"]][:2] == ["parse-quote", "pck-chain"]
+
+
+@pytest.mark.parametrize(("extra", "rc_want"), [({}, 1), ({"crl-checked": False, "qe-identity-checked": False}, 0)])
+def test_tdx_without_crls_or_qe_identity_refused_by_default(capsys, tmp_path, extra, rc_want):
+    """TCB info alone: verified, but the default policy refuses what was not checked unless named."""
+    d = vectors.vector_dir("tdx/gtg-emr-v5-tdx15")
+    policy = tmp_path / "p.json"
+    policy.write_text(json.dumps({"x-ms-attestation-type": "tdxvm", **extra}))
+    rc, out, _ = run(capsys, str(d / "quote_v5_sample.dat"), "--collateral", str(d / "sample_tcbinfo_response_v5.json"),
+                     "--at", "2026-02-03T01:00:00Z", "--policy", str(policy), "--json")
+    doc = json.loads(out)
+    assert rc == rc_want and doc["verified"] is True
+    failed = sorted(r["claim"] for r in doc["policy"] if not r["ok"])
+    assert failed == ([] if extra else ["crl-checked", "qe-identity-checked"])

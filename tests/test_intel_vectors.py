@@ -76,8 +76,10 @@ def test_gcp_spr_v4_no_collateral_is_unknown():
     assert "Unknown" in step.detail
     # the implicit policy rule refuses a TCB status that is not UpToDate unless the policy names it
     pol = Policy.from_mapping({"x-ms-attestation-type": "tdxvm"})
-    assert not pol.evaluate({**c, "evidence-age-seconds": 0}).ok
-    assert Policy.from_mapping({"x-ms-attestation-type": "tdxvm", "tcb-status": ["UpToDate", "Unknown"]}).evaluate({**c, "evidence-age-seconds": 0}).ok
+    assert {r.claim for r in pol.evaluate({**c, "evidence-age-seconds": 0}).failed} == {"tcb-status", "crl-checked", "qe-identity-checked"}
+    # no collateral at all: each unchecked part is admitted only by naming it
+    unchecked = {"tcb-status": ["UpToDate", "Unknown"], "crl-checked": False, "qe-identity-checked": False}
+    assert Policy.from_mapping({"x-ms-attestation-type": "tdxvm", **unchecked}).evaluate({**c, "evidence-age-seconds": 0}).ok
 
 
 def test_spr_v4_full_collateral_matches_no_tcb_level():
@@ -188,7 +190,7 @@ def test_occlum_debug_enclave_refused_by_policy():
     assert c["x-ms-sgx-is-debuggable"] is True
     assert c["x-ms-sgx-miscselect"] == "01000000"
     assert c["pck-fmspc"] == "00606a000000"
-    pol = Policy.from_mapping({"x-ms-sgx-mrenclave": c["x-ms-sgx-mrenclave"], "tcb-status": "Unknown"})
+    pol = Policy.from_mapping({"x-ms-sgx-mrenclave": c["x-ms-sgx-mrenclave"], "tcb-status": "Unknown", "crl-checked": False, "qe-identity-checked": False})
     res = pol.evaluate({**c, "evidence-age-seconds": 0})
     assert [r.claim for r in res.failed] == ["x-ms-sgx-is-debuggable"]
 
@@ -220,3 +222,25 @@ def test_tcb_signing_cert_reissue_needed_after_2025():
     chain_2018 = read(name, "tcb_info_issuer_chain_2018.pem")
     v = verify_evidence(Evidence(EvidenceType.TDX, read(name, "quote_v5_sample.dat"), (read(name, "sample_tcbinfo_response_v5.json"), chain_2018)), VerifyOptions(now=ref_time(name)))
     assert v.verified and v.claims["tcb-status"] == "UpToDate"
+
+
+def test_emr_default_policy_refuses_unchecked_revocation_and_qe_identity():
+    """The auditor's case: TCB info only (no CRLs, no QE identity) must not pass a type-only policy."""
+    v = verify("tdx/gtg-emr-v5-tdx15")
+    assert v.verified, v.error
+    c = {**v.claims, "evidence-age-seconds": 0}
+    assert c["crl-checked"] is False and c["qe-identity-checked"] is False
+    res = Policy.from_mapping({"x-ms-attestation-type": "tdxvm"}).evaluate(c)
+    failed = {r.claim: r for r in res.failed}
+    assert set(failed) == {"crl-checked", "qe-identity-checked"}
+    assert all(r.implicit and "in the policy to admit it" in r.note for r in failed.values())
+    # admitted by name, one at a time
+    assert [r.claim for r in Policy.from_mapping({"x-ms-attestation-type": "tdxvm", "crl-checked": False}).evaluate(c).failed] == ["qe-identity-checked"]
+    assert Policy.from_mapping({"x-ms-attestation-type": "tdxvm", "crl-checked": False, "qe-identity-checked": False}).evaluate(c).ok
+
+
+def test_qe_identity_checked_when_matched():
+    """The GNR vector's QE identity is matched by our step; the SGX capture's CRLs and QE identity too."""
+    assert verify("tdx/trustee-gnr-v4-tcbinfo").claims["qe-identity-checked"] is True
+    c = verify("sgx/mobilecoin-cfl-v3-collateral").claims
+    assert c["qe-identity-checked"] is True and c["crl-checked"] is True

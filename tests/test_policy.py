@@ -162,3 +162,45 @@ def test_stale_collateral_refused_unless_named():
     assert Policy.from_mapping({"x-ms-attestation-type": "sevsnpvm", "collateral-stale": [True, False]}).evaluate(stale).ok
     fresh = dict(SNP, **{"collateral-stale": False})
     assert Policy.from_mapping({"x-ms-attestation-type": "sevsnpvm"}).evaluate(fresh).ok
+
+
+TDX = {
+    "x-ms-attestation-type": "tdxvm",
+    "x-ms-tdxvm-mrtd": "cd" * 48,
+    "x-ms-tdxvm-is-debuggable": False,
+    "tcb-status": "UpToDate",
+    "collateral-stale": False,
+    "crl-checked": True,
+    "qe-identity-checked": True,
+    "evidence-age-seconds": 10,
+}
+
+
+@pytest.mark.parametrize("claim", ["crl-checked", "qe-identity-checked"])
+def test_unchecked_intel_collateral_refused_unless_named(claim):
+    base = Policy.from_mapping({"x-ms-attestation-type": "tdxvm"})
+    checked = base.evaluate(TDX)
+    assert checked.ok
+    # the default is visible even when it passes, so a reviewer sees revocation was checked
+    assert rules_by_claim(checked)[claim].implicit and rules_by_claim(checked)[claim].expected is True
+    unchecked = dict(TDX, **{claim: False})
+    res = base.evaluate(unchecked)
+    assert [r.claim for r in res.failed] == [claim]
+    rule = rules_by_claim(res)[claim]
+    assert rule.implicit and rule.actual is False and f"name {claim} in the policy" in rule.note
+    # named: the policy's own rule replaces the default (false admitted, or either)
+    for constraint in (False, [True, False]):
+        named = Policy.from_mapping({"x-ms-attestation-type": "tdxvm", claim: constraint}).evaluate(unchecked)
+        assert named.ok and not rules_by_claim(named)[claim].implicit
+    # a policy that insists on the check keeps refusing
+    assert not Policy.from_mapping({"x-ms-attestation-type": "tdxvm", claim: True}).evaluate(unchecked).ok
+
+
+def test_unchecked_intel_rules_only_where_the_verifier_reports_them():
+    res = Policy.from_mapping({"x-ms-attestation-type": "sevsnpvm"}).evaluate(SNP)
+    assert res.ok and not {"crl-checked", "qe-identity-checked"} & set(rules_by_claim(res))
+
+
+def test_unchecked_intel_claim_of_wrong_type_refused():
+    res = Policy.from_mapping({"x-ms-attestation-type": "tdxvm"}).evaluate(dict(TDX, **{"crl-checked": "true"}))
+    assert [r.claim for r in res.failed] == ["crl-checked"]

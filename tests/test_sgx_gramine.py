@@ -107,9 +107,15 @@ def test_gramine_rules_on_real_enclave():
 
 def test_gramine_rules_refuse_debug_enclave_unless_allowed():
     c = _claims(OCC, "occlum_quote.dat")
+    no_collateral = {"crl-checked": False, "qe-identity-checked": False}  # this capture comes without any
+
+    def with_no_collateral(p):
+        return Policy.from_mapping({**p.rules, **no_collateral})
+
     pol = gramine_policy(mrenclave=c["x-ms-sgx-mrenclave"], tcb_statuses=["Unknown"])
-    assert [r.claim for r in pol.evaluate(c).failed] == ["x-ms-sgx-is-debuggable"]
-    assert gramine_policy(mrenclave=c["x-ms-sgx-mrenclave"], tcb_statuses=["Unknown"], allow_debug=True).evaluate(c).ok
+    assert {r.claim for r in pol.evaluate(c).failed} == {"x-ms-sgx-is-debuggable", *no_collateral}
+    assert [r.claim for r in with_no_collateral(pol).evaluate(c).failed] == ["x-ms-sgx-is-debuggable"]
+    assert with_no_collateral(gramine_policy(mrenclave=c["x-ms-sgx-mrenclave"], tcb_statuses=["Unknown"], allow_debug=True)).evaluate(c).ok
 
 
 def test_gramine_rules_need_an_identity():

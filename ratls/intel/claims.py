@@ -2,7 +2,9 @@
 
 TDX: ``x-ms-attestation-type: tdxvm`` and ``x-ms-tdxvm-*``; SGX: ``sgx`` and ``x-ms-sgx-*``.
 Common (both): ``tcb-status``, ``tcb-date``, ``advisory-ids``, ``collateral-stale``,
-``collateral-next-update``, ``crl-checked``, ``pck-fmspc``. Byte strings are lower-case hex.
+``collateral-next-update``, ``crl-checked`` (the root and PCK CA CRLs were checked),
+``qe-identity-checked`` (the QE report was matched against a signed QE identity), ``pck-fmspc``.
+Byte strings are lower-case hex.
 """
 
 from __future__ import annotations

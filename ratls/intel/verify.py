@@ -10,8 +10,9 @@ Two paths, one verdict:
 * **Step by step** -- what dcap-qvl cannot do because it insists on complete, unexpired collateral:
   evidence with partial or no collateral, or stale collateral. Every check that the available
   collateral allows runs here; what cannot be checked is said in a step detail and in the claims
-  (``tcb-status: Unknown``, ``crl-checked: false``, ``collateral-stale: true``), so the policy
-  decides (its implicit rule refuses anything but ``UpToDate`` unless ``tcb-status`` is named).
+  (``tcb-status: Unknown``, ``crl-checked: false``, ``qe-identity-checked: false``,
+  ``collateral-stale: true``), so the policy decides: its implicit rules refuse each of these
+  unless the policy names that claim (:mod:`ratls.policy`).
 
 Steps (the order reviewers read): parse-quote, pck-chain, qe-report-signature, qe-report-data,
 quote-signature, collateral, crl-revocation, tcb-info-signature, qe-identity-signature,
@@ -182,6 +183,8 @@ class _Ctx:
         self.stale: list[str] = []
         self.next_updates: list[datetime] = []
         self.crl_checked = False
+        #: the QE report was matched against a signed QE identity (by our step or by dcap-qvl)
+        self.qe_identity_checked = False
         self.verdict = TcbVerdict(TcbStatus.UNKNOWN)
         self.qe_verdict: TcbVerdict | None = None
 
@@ -286,6 +289,7 @@ def _steps(ctx: _Ctx, trail: Trail) -> tuple[dict, bytes]:
     with trail.step("qe-identity-match") as s:
         if ctx.col.qe_identity is not None:
             ctx.qe_verdict = _match_qe_identity(ctx, ctx.col.qe_identity)
+            ctx.qe_identity_checked = True
             s.detail = f"QE ISVSVN {ctx.q.qe_report.isv_svn}: {ctx.qe_verdict.status.value}"
         else:
             s.detail = "skipped: no QE identity"
@@ -449,6 +453,7 @@ def _claims(ctx: _Ctx) -> dict[str, Any]:
             "collateral-stale": bool(ctx.stale),
             "collateral-next-update": min(ctx.next_updates).isoformat() if ctx.next_updates else None,
             "crl-checked": ctx.crl_checked,
+            "qe-identity-checked": ctx.qe_identity_checked,
             "pck-fmspc": ctx.ext.fmspc.hex(),
             "pck-pcesvn": ctx.ext.pce_svn,
             "pck-cpusvn": ctx.ext.cpu_svn.hex(),
@@ -581,6 +586,7 @@ def _engine(ctx: _Ctx, trail: Trail) -> str | None:
     status = _engine_status(report.status)
     ctx.verdict = TcbVerdict(status, tuple(sorted(report.advisory_ids)))
     ctx.crl_checked = True
+    ctx.qe_identity_checked = True
     ctx.next_updates = [col.tcb_info.next_update, col.qe_identity.next_update] + [c.next_update_utc for c in col.crls if c.next_update_utc]
     detail = f"{status.value}; advisories {list(ctx.verdict.advisory_ids)}"
     trail.steps.append(Step("dcap-qvl", True, detail, (time.perf_counter() - t0) * 1e3))
