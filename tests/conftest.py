@@ -2,6 +2,9 @@ import socket
 
 import pytest
 
+#: lines the tests measured (counts, rates), shown in a "measured" section at the end of the run
+_MEASURED: list[str] = []
+
 
 @pytest.fixture
 def free_port():
@@ -13,3 +16,20 @@ def free_port():
             return s.getsockname()[1]
 
     return _get
+
+
+@pytest.fixture
+def report(request):
+    """``report(what, value)``: a measurement shown in the run's summary (not only in captured output)."""
+
+    def _report(what: str, value: object) -> None:
+        _MEASURED.append(f"{request.node.nodeid}: {what}: {value}")
+
+    return _report
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _MEASURED:
+        terminalreporter.section("measured")
+        for line in _MEASURED:
+            terminalreporter.write_line(line)

@@ -511,10 +511,23 @@ def test_1_backends_are_loopback_only_inside_their_hosts(cluster):
         assert not in_netns(ing, lambda a=addr: _tcp_refused(a, SIDECAR_PORT))
 
 
-def test_2_load_spreads_and_each_replica_is_verified_once(cluster):
+def nginx_sessions(cluster: Cluster) -> list[dict[str, str]]:
+    """nginx's access log (one line per stream session, written when it closes): sni, upstream, status."""
+    log = cluster.tmp / "nginx-access.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [dict(kv.split("=", 1) for kv in line.split()[1:]) for line in lines if line.strip()]
+
+
+def admitted_verifications(cluster: Cluster) -> Counter[str]:
+    """Uncached (really verified) admissions in the proxy's log, by certificate."""
+    return Counter(e["cert_sha256"] for e in cluster.proxy_events() if e.get("decision") == "admit" and not e["cached"])
+
+
+def test_2_load_spreads_and_each_replica_is_verified_once(cluster, report):
     outcomes = run_load(cluster.hosts.names["cli"], workers=6, per_worker=30)
     s = summary(outcomes)
     print("spread:", json.dumps(s))
+    report("spread", json.dumps({k: s[k] for k in ("total", "ok", "explicit_errors", "lost", "by_replica")}))
     assert s["ok"] == s["total"] == 180, f"{s}\n{[o.lost for o in outcomes if o.lost][:3]}\n{cluster.diagnostics()}"
     assert set(s["by_replica"]) == {"r1", "r2"}, f"load did not spread: {s['by_replica']}"
     assert min(s["by_replica"].values()) >= 0.1 * s["total"], f"one replica got under 10%: {s['by_replica']}"
@@ -538,7 +551,9 @@ def test_2_load_spreads_and_each_replica_is_verified_once(cluster):
         events = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
         issued[host] = {e["cert_sha256"] for e in events if e.get("event") == "certificate"}
     assert set(by_cert) == issued["r1"] | issued["r2"] and all(len(v) == 1 for v in issued.values()), (set(by_cert), issued)
-    print("handshakes:", {c[:12]: {"connections": len(ev), "verified": sum(not e["cached"] for e in ev)} for c, ev in by_cert.items()})
+    handshakes = {c[:12]: {"connections": len(ev), "verified": sum(not e["cached"] for e in ev)} for c, ev in by_cert.items()}
+    print("handshakes:", handshakes)
+    report("attested handshakes by certificate", handshakes)
 
     # nginx logs each upstream connection when it is made (the access log only when it closes)
     upstreams = Counter(
@@ -567,9 +582,13 @@ def test_2b_the_ingress_routes_by_sni(cluster):
     assert status == 502 and body["service"] == OTHER_SERVICE and body["step"] == "tls-connect", body
     refused = [e for e in cluster.proxy_events() if e.get("target") == OTHER_SERVICE]
     assert refused and all(e["decision"] == "error" for e in refused)
+    # nginx saw that name in the ClientHello and sent the session to its default, not to a replica
+    wait_until("nginx's log of the unrouted session", lambda: any(x.get("sni") == "other.mh.test" for x in nginx_sessions(cluster)), 10)
+    other = [x for x in nginx_sessions(cluster) if x.get("sni") == "other.mh.test"]
+    assert all(x["upstream"] == "127.0.0.1:9" for x in other), other
 
 
-def test_3_killing_a_replica_under_load_loses_no_request(cluster):
+def test_3_killing_a_replica_under_load_loses_no_request(cluster, report):
     killed_at: list[float] = []
 
     def kill_midway(n: int) -> None:
@@ -580,7 +599,12 @@ def test_3_killing_a_replica_under_load_loses_no_request(cluster):
     outcomes = run_load(cluster.hosts.names["cli"], workers=6, per_worker=80, on_progress=kill_midway)
     s = summary(outcomes)
     print("kill under load:", json.dumps(s))
+    report(
+        "kill r1 under load",
+        json.dumps({k: s[k] for k in ("total", "ok", "explicit_errors", "truncated", "lost", "by_replica", "error_steps")}),
+    )
     assert killed_at, "the replica was never killed"
+    assert s["by_replica"].get("r1", 0) > 0, f"r1 served nothing before it was killed: {s}"
     lost = [o.lost or f"status {o.status} body {o.body}" for o in outcomes if not o.accounted]
     assert not lost, f"{len(lost)} requests lost (no answer, no explicit error): {lost[:5]}\n{cluster.diagnostics()}"
     assert s["ok"] + s["explicit_errors"] + s["truncated"] == s["total"] == 480
@@ -588,9 +612,16 @@ def test_3_killing_a_replica_under_load_loses_no_request(cluster):
     late = [o for o in outcomes if o.started > killed_at[0] + 2.0]
     assert late, "the load ended too soon after the kill to judge the survivor"
     assert all(o.ok and o.body["replica"] == "r2" for o in late), summary(late)
+    # the survivor's new connections hit the verdict cache: still one verification per replica
+    verified = admitted_verifications(cluster)
+    assert len(verified) == 2 and set(verified.values()) == {1}, verified
+    # r1's sessions closed with the kill: nginx logged them, each routed by the service's SNI
+    to_replicas = [x for x in nginx_sessions(cluster) if x.get("upstream", "").startswith("169.254.1")]
+    assert any(x["upstream"] == f"169.254.11.2:{SIDECAR_PORT}" for x in to_replicas), to_replicas
+    assert all(x["sni"] == SERVICE_HOST for x in to_replicas), to_replicas
 
 
-def test_4_replica_with_unlisted_measurement_is_refused_while_the_other_serves(cluster):
+def test_4_replica_with_unlisted_measurement_is_refused_while_the_other_serves(cluster, report):
     cluster.start_replica("r1", M_BAD)
     time.sleep(2.5)  # nginx's fail_timeout for r1 (marked down by the kill) runs out
     cli = cluster.hosts.names["cli"]
@@ -603,6 +634,10 @@ def test_4_replica_with_unlisted_measurement_is_refused_while_the_other_serves(c
             break
     s = summary(outcomes)
     print("bad measurement:", json.dumps(s))
+    report(
+        "replica with an unlisted measurement",
+        json.dumps({k: s[k] for k in ("total", "ok", "explicit_errors", "lost", "by_replica", "error_steps")}),
+    )
     assert s["lost"] == 0, s
     assert s["by_replica"].get("r1", 0) == 0, "a request reached the replica whose measurement the policy refuses"
     assert s["by_replica"].get("r2", 0) > 0, "the allowed replica stopped serving"
