@@ -23,6 +23,7 @@ from typing import Any
 
 from ratls.errors import ParseError, Reason, UsageError
 from ratls.evidence import Evidence, EvidenceType, VerifyOptions, verify_evidence
+from ratls.io.collateral import service_getter
 from ratls.policy import Policy, parse_policy
 
 SNP_REPORT_SIZE = 0x4A0
@@ -33,6 +34,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="certificate file (PEM/DER), raw report or quote file, or host:port")
     p.add_argument("--collateral", action="append", default=[], metavar="PATH",
                    help="endorsement/collateral file or folder (VCEK/VLEK, chains, TCB info, QE identity, CRLs); repeatable")
+    p.add_argument("--collateral-dir", metavar="DIR", help="DCAP collateral cache directory as the proxy and sidecar use it (keys tcbinfo/tdx/<fmspc>, crl/root, ...)")
+    p.add_argument("--pccs-url", metavar="URL", help="PCCS/PCS base URL for DCAP collateral the evidence and the directory lack")
     p.add_argument("--at", metavar="TIME", help="ISO-8601 reference time (default: now)")
     p.add_argument("--policy", metavar="FILE", help="claim policy (JSON or YAML) to evaluate")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -118,7 +121,7 @@ def _raw_type(data: bytes, endorsements: tuple[bytes, ...], forced: str) -> Evid
 
 
 def inspect(target: str, *, collateral: tuple[bytes, ...], now: datetime, policy: Policy | None, sim_root: bytes | None,
-            evidence_type: str = "auto", timeout: float = 10.0) -> dict[str, Any]:
+            evidence_type: str = "auto", timeout: float = 10.0, getter: Any = None) -> dict[str, Any]:
     from ratls.certificate import verify_certificate
 
     path = Path(target)
@@ -130,7 +133,7 @@ def inspect(target: str, *, collateral: tuple[bytes, ...], now: datetime, policy
         source = "tls"
     else:
         raise UsageError(Reason.CONFIG_INVALID, f"{target}: no such file, and not host:port")
-    opts = VerifyOptions(now=now, sim_root=sim_root)
+    opts = VerifyOptions(now=now, sim_root=sim_root, collateral=getter)
     if source == "tls" or _looks_like_certificate(data):
         v = verify_certificate(data, opts, policy, extra_endorsements=collateral)
         out = {
@@ -221,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(Reason.CONFIG_INVALID, f"--policy {args.policy}: {e.strerror}") from e
         policy = parse_policy(text, name=Path(args.policy).name)
     out = inspect(args.target, collateral=_read_collateral(args.collateral), now=now, policy=policy,
-                  sim_root=_sim_root(args.sim_dir), evidence_type=args.evidence_type, timeout=args.timeout)
+                  sim_root=_sim_root(args.sim_dir), evidence_type=args.evidence_type, timeout=args.timeout,
+                  getter=service_getter(args.collateral_dir, args.pccs_url))
     out["reference_time"] = now.isoformat()
     if args.json:
         json.dump(out, sys.stdout, indent=2, default=str)

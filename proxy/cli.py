@@ -13,6 +13,8 @@ Routes name a service as clients address it and the sidecar that serves it::
       - {service: "inference.example:8000", sidecar: "10.0.0.5:8443", policy: other.json}
       - {service: "inference.example:8001", sidecar: "10.0.0.5:8443", policy: {x-ms-attestation-type: sim}}
     maps: ["127.0.0.1:18000=inference.example:8000"]
+    collateral-dir: /var/cache/ratls/collateral   # DCAP collateral (TDX/SGX), relative to this file
+    pccs-url: https://pccs.example:8081            # fetched into the directory (or memory) when missing or old
 
 The command line wins over the file for scalar options; routes and maps from both are combined.
 A route without a policy is refused (no policy, no traffic), and said so at start-up.
@@ -52,10 +54,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response-timeout", type=float, help="seconds to wait for a response head (default 300): over it, 504")
     parser.add_argument("--reuse-port", action="store_true", default=None, help="SO_REUSEPORT on the listeners (several processes)")
     parser.add_argument("--workers", type=int, help="processes sharing the listeners via SO_REUSEPORT (default 1); admin on the first")
+    parser.add_argument("--collateral-dir", help="DCAP collateral cache directory (TDX/SGX TCB info, QE identity, CRLs), "
+                        "consulted after the certificate's own endorsements")
+    parser.add_argument("--pccs-url", help="PCCS/PCS base URL for DCAP collateral the certificate and --collateral-dir lack")
 
 
 _SCALARS = {"listen", "policy", "sim_dir", "admin", "log", "max_header_bytes", "max_connections", "idle_timeout", "connect_timeout",
-            "response_timeout", "pool_idle_timeout", "reuse_port", "workers"}
+            "response_timeout", "pool_idle_timeout", "reuse_port", "workers", "collateral_dir", "pccs_url"}
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
@@ -151,6 +156,7 @@ def build_config(args: argparse.Namespace) -> Any:
         log_path=opts.get("log"),
         reuse_port=bool(opts.get("reuse_port")) or int(opts.get("workers") or 1) > 1,
     )
+    cfg.collateral = collateral_getter(opts, from_file=getattr(args, "collateral_dir", None) is None, base=base)
     cfg.workers = int(opts.get("workers") or 1)
     if cfg.workers < 1:
         raise UsageError(Reason.CONFIG_INVALID, "--workers must be at least 1")
@@ -162,6 +168,18 @@ def build_config(args: argparse.Namespace) -> Any:
         if opts.get(name) is not None:
             setattr(cfg, attr, type(getattr(cfg, attr))(opts[name]))
     return cfg
+
+
+def collateral_getter(opts: dict[str, Any], *, from_file: bool, base: Path) -> Any:
+    """``--collateral-dir`` / ``--pccs-url`` as the verifier's collateral getter (None: neither given).
+
+    A directory named in the config file is relative to that file, like its policies."""
+    from ratls.io.collateral import service_getter
+
+    d = opts.get("collateral_dir")
+    if d is not None and from_file and not Path(str(d)).is_absolute():
+        d = base / str(d)
+    return service_getter(None if d is None else str(d), None if opts.get("pccs_url") is None else str(opts["pccs_url"]))
 
 
 def load_sim_root(sim_dir: str | None) -> bytes | None:

@@ -93,6 +93,8 @@ class ProxyConfig:
     reuse_port: bool = False
     #: processes sharing the listeners (SO_REUSEPORT); each has its own pool and verdict cache
     workers: int = 1
+    #: DCAP collateral getter (``--collateral-dir`` / ``--pccs-url``), after the evidence's own endorsements
+    collateral: Any = None
 
 
 class Refused(Exception):
@@ -143,9 +145,10 @@ class VerdictCache:
     the same expiry: a policy change has a new digest and so never hits an old entry.
     """
 
-    def __init__(self, sim_root: bytes | None, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, sim_root: bytes | None, clock: Callable[[], datetime] = utcnow, collateral: Any = None) -> None:
         self.sim_root = sim_root
         self.clock = clock
+        self.collateral = collateral
         self._items: dict[tuple[str, str], Any] = {}
 
     def lookup(self, sha: str, policy: Policy) -> Any | None:
@@ -161,7 +164,7 @@ class VerdictCache:
         """Run the verifier (call in a thread) and remember the verdict."""
         from ratls.certificate import verify_certificate
 
-        v = verify_certificate(der, VerifyOptions(now=self.clock(), sim_root=self.sim_root), policy)
+        v = verify_certificate(der, VerifyOptions(now=self.clock(), sim_root=self.sim_root, collateral=self.collateral), policy)
         if v.expires_at is not None or not v.ok:
             if v.expires_at is None:  # refusals without a computed expiry: re-check after a minute
                 from datetime import timedelta
@@ -212,7 +215,7 @@ class Proxy:
         self.cfg = cfg
         self.metrics = ProxyMetrics()
         self.log = JsonLog(cfg.log_path, component="proxy")
-        self.cache = VerdictCache(cfg.sim_root)
+        self.cache = VerdictCache(cfg.sim_root, collateral=cfg.collateral)
         self._pool: dict[tuple[str, str], list[Upstream]] = defaultdict(list)
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[Any]] = set()

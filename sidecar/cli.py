@@ -2,6 +2,10 @@
 
 Every option can also come from ``--config FILE.yaml`` (keys are the option names, ``-`` or
 ``_``); the command line wins over the file.
+
+TDX/SGX evidence carries its DCAP collateral (TCB info, QE identity, CRLs, TCB Signing chain) in
+the certificate's endorsement extension when ``--collateral-dir`` and/or ``--pccs-url`` is given,
+so proxies verify it offline, revocation and QE identity included.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dns-name", action="append", help="DNS name for the certificate's SAN (repeatable)")
     parser.add_argument("--reuse-port", action="store_true", default=None, help="SO_REUSEPORT on the listener (several processes)")
     parser.add_argument("--workers", type=int, help="processes sharing the listener via SO_REUSEPORT, each with its own key and certificate (default 1)")
+    parser.add_argument("--collateral-dir", help="DCAP collateral cache directory: TDX/SGX certificates carry it in their endorsements")
+    parser.add_argument("--pccs-url", help="PCCS/PCS base URL for the DCAP collateral the certificates carry (cached in --collateral-dir if given)")
     sub = parser.add_subparsers(dest="sidecar_command", metavar="unseal")
     sub.required = False
     try:
@@ -107,6 +113,12 @@ def make_attest(opts: dict[str, Any]) -> tuple[Any, str]:
         kw = {"sim_dir": opts.get("sim_dir") or simdir.default_sim_dir(), "measurement": measurement, "host_data": host_data, "debug": debug}
     elif measurement is not None or host_data is not None or debug:
         raise UsageError(Reason.CONFIG_INVALID, "--sim-measurement, --sim-host-data and --sim-debug apply to --tee sim only")
+    if tee != "sim":
+        from ratls.io.collateral import service_getter
+
+        kw["collateral"] = service_getter(opts.get("collateral_dir"), opts.get("pccs_url"))
+    elif opts.get("collateral_dir") is not None or opts.get("pccs_url") is not None:
+        raise UsageError(Reason.CONFIG_INVALID, "--collateral-dir and --pccs-url apply to TDX/SGX evidence, not --tee sim")
     prov = make_provider(tee, **kw)
     etype = getattr(prov, "evidence_type", tee)
     return prov.get_evidence, str(getattr(etype, "value", etype))
@@ -144,7 +156,8 @@ def build_config(opts: dict[str, Any]) -> Any:
 
 
 _KNOWN = {"config", "tee", "sim_measurement", "sim_host_data", "sim_dir", "sim_debug", "listen", "http_backend", "grpc_backend",
-          "admin", "log", "lifetime", "rotate_at", "curve", "dns_name", "reuse_port", "workers", "sidecar_command"}
+          "admin", "log", "lifetime", "rotate_at", "curve", "dns_name", "reuse_port", "workers", "sidecar_command",
+          "collateral_dir", "pccs_url"}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -364,8 +364,28 @@ class WithIntelCollateral:
         tee = "tdx" if ev.type is EvidenceType.TDX else "sgx"
         ca = "processor" if len(chain) > 1 and "Processor" in chain[1].subject.rfc4514_string() else "platform"
         keys = [KEY_TCBINFO.format(tee=tee, fmspc=fmspc), KEY_QEIDENTITY.format(tee=tee), KEY_CRL_ROOT, KEY_CRL_PCK.format(ca=ca), KEY_CHAIN_TCB]
-        extra = tuple(b for b in (self.getter.get(k) for k in keys) if b)
-        return Evidence(ev.type, ev.data, ev.endorsements + extra)
+        extra = []
+        for key in keys:
+            blob = self.getter.get(key)
+            if blob and key.startswith("crl/"):
+                blob = _crl_der(blob)
+            if blob:
+                extra.append(blob)
+        return Evidence(ev.type, ev.data, ev.endorsements + tuple(extra))
+
+
+def _crl_der(blob: bytes) -> bytes | None:
+    """A CRL as DER: a PCCS serves the root CA CRL as hex, which verifiers do not recognise by
+    content. One that does not parse is left out (the verifier then says revocation was not checked)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from ratls.errors import CollateralError
+    from ratls.intel.collateral import parse_crl
+
+    try:
+        return parse_crl(blob).public_bytes(Encoding.DER)
+    except CollateralError:
+        return None
 
 
 # --------------------------------------------------------------------------- auto and the factory

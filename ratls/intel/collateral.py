@@ -252,7 +252,12 @@ def classify(item: bytes, into: Collateral) -> str:
 
 
 def _issuer_cn(crl: x509.CertificateRevocationList) -> str:
-    attrs = crl.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return _cn(crl.issuer)
+
+
+@lru_cache(maxsize=256)
+def _cn(name: x509.Name) -> str:
+    attrs = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(attrs[0].value) if attrs else ""
 
 
@@ -274,7 +279,8 @@ def gather(endorsements: tuple[bytes, ...], getter: Any, *, tee: str, fmspc: str
         keys.append(KEY_CRL_ROOT)
     if pck_ca and not any("PCK" in i for i in issuers):
         keys.append(KEY_CRL_PCK.format(ca=pck_ca))
-    keys.append(KEY_CHAIN_TCB)
+    if not any("TCB Signing" in _cn(c.subject) for c in col.certs):
+        keys.append(KEY_CHAIN_TCB)
     for key in keys:
         blob = getter.get(key)
         if blob:

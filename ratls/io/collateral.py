@@ -9,6 +9,9 @@ fail or report stale collateral, never pass.
 A cache entry is a file ``<dir>/<key>``. :class:`PccsGetter` serves a cache entry younger than
 ``max_age_s``, else fetches from the PCCS (Intel's PCS API v4 paths), stores it, and on a fetch
 failure falls back to the older cached copy (the verifier reports it stale if it is).
+
+Services build their getter with :func:`service_getter` from ``--collateral-dir`` and
+``--pccs-url``; the evidence's own endorsements are still consulted first by the verifier.
 """
 
 from __future__ import annotations
@@ -83,6 +86,25 @@ class CacheDir:
             raise
 
 
+class MemoryCache:
+    """:class:`CacheDir`'s interface in process memory: a PCCS getter without a directory keeps
+    what it fetched (and the TCB Signing chain header) instead of fetching on every verification."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[float, bytes]] = {}
+
+    def get(self, key: str) -> bytes | None:
+        hit = self._items.get(check_key(key))
+        return None if hit is None else hit[1]
+
+    def age_s(self, key: str) -> float | None:
+        hit = self._items.get(key)
+        return None if hit is None else time.monotonic() - hit[0]
+
+    def put(self, key: str, data: bytes) -> None:
+        self._items[check_key(key)] = (time.monotonic(), data)
+
+
 Fetch = Callable[[str, float], tuple[int, dict[str, str], bytes]]
 
 
@@ -101,7 +123,7 @@ class PccsGetter:
     ``fetches`` counts network round trips (tests and metrics read it).
     """
 
-    def __init__(self, url: str, cache: CacheDir | None = None, *, max_age_s: float = 12 * 3600, timeout: float = 10.0, fetch: Fetch = urllib_fetch) -> None:
+    def __init__(self, url: str, cache: CacheDir | MemoryCache | None = None, *, max_age_s: float = 12 * 3600, timeout: float = 10.0, fetch: Fetch = urllib_fetch) -> None:
         if not url.startswith(("http://", "https://")):
             raise UsageError(Reason.CONFIG_INVALID, f"PCCS URL must be http(s): {url!r}")
         self.url = url.rstrip("/")
@@ -143,10 +165,13 @@ class PccsGetter:
             self.errors.append(f"{url}: HTTP {status}")
             return cached
         if self.cache is not None:
-            self.cache.put(key, body)
             chain = _header(headers, chain_header)
-            if chain:
-                self.cache.put(CHAIN_KEY, urllib.parse.unquote(chain).encode())
+            try:
+                self.cache.put(key, body)
+                if chain:
+                    self.cache.put(CHAIN_KEY, urllib.parse.unquote(chain).encode())
+            except OSError as e:  # a read-only or full cache directory: serve what was fetched
+                self.errors.append(f"cache {key}: {e}")
         return body
 
 
@@ -171,3 +196,20 @@ class ChainGetter:
             if v is not None:
                 return v
         return None
+
+
+def service_getter(collateral_dir: str | os.PathLike[str] | None, pccs_url: str | None, *, max_age_s: float = 12 * 3600) -> CacheDir | PccsGetter | None:
+    """The collateral getter of ``--collateral-dir`` / ``--pccs-url`` (None when neither is given).
+
+    Directory only: :class:`CacheDir`, read as given (an operator or a cron job fills it; offline).
+    PCCS URL: :class:`PccsGetter` with the directory, or else a :class:`MemoryCache`, as its cache.
+    That getter is itself "cache directory, then PCCS" (DESIGN.md's order) but refreshes entries
+    older than ``max_age_s``; a plain ``ChainGetter(CacheDir, PccsGetter)`` would serve a cached
+    entry for ever once it existed, and a long-lived proxy would end up refusing stale collateral.
+    """
+    if collateral_dir is not None and pccs_url is None and not Path(collateral_dir).is_dir():
+        raise UsageError(Reason.CONFIG_INVALID, f"--collateral-dir {collateral_dir}: not a directory (and no --pccs-url to fill it)")
+    cache = CacheDir(collateral_dir) if collateral_dir is not None else None
+    if pccs_url is None:
+        return cache
+    return PccsGetter(pccs_url, cache if cache is not None else MemoryCache(), max_age_s=max_age_s)
