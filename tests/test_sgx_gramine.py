@@ -1,4 +1,4 @@
-"""Gramine RA-TLS interop: legacy extension parsing, binding refusal, Gramine's rules as a policy."""
+"""Gramine RA-TLS interop: legacy and DICE certificates end to end, binding refusals, Gramine's rules as a policy."""
 
 from __future__ import annotations
 
@@ -123,3 +123,104 @@ def test_gramine_rules_need_an_identity():
         gramine_policy(isv_prod_id=1)
     with pytest.raises(UsageError):
         gramine_policy(mrenclave="abcd")
+
+
+# --------------------------------------------------------------------------- end to end, test PKI
+# An SGX quote re-signed under the test DCAP PKI (tests/dcap_pki.py) with an enclave identity we
+# choose and report data that binds the certificate's key, in both certificate kinds Gramine makes.
+
+MRENCLAVE = bytes(range(32))
+MRSIGNER = bytes(range(32, 64))
+PROD_ID, SVN = 7, 5
+
+
+@pytest.fixture(scope="module")
+def sgx_pki():
+    from tests.dcap_pki import DcapTestPki
+
+    return DcapTestPki(tee="sgx")
+
+
+def _identity_quote(pki, report_data: bytes) -> bytes:
+    return pki.quote(report_data, mrenclave=MRENCLAVE, mrsigner=MRSIGNER, isv_prod_id=PROD_ID, isv_svn=SVN)
+
+
+def _gramine_legacy_verdict(pki, policy):
+    """Gramine's legacy certificate: the raw quote in 1.2.840.113741.1337.6, report_data[0:32] = SHA-256(SPKI)."""
+    from ratls.certificate import verify_certificate
+    from ratls.evidence import DictGetter
+    from tests.dcap_pki import NOW
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    der, _ = legacy_cert(_identity_quote(pki, legacy_report_data(spki)), NOW, key)
+    # the legacy extension has no room for endorsements: the collateral comes from the getter
+    return verify_certificate(der, pki.options(collateral=DictGetter(pki.collateral_items())), policy)
+
+
+def _gramine_dice_verdict(pki, policy):
+    """Gramine 1.8+'s certificate: tagged evidence in 2.23.133.5.4.9, report_data = hash of the claims."""
+    from cryptography.hazmat.primitives.serialization import Encoding as Enc
+
+    from ratls.certificate import issue_certificate, new_key, verify_certificate
+    from tests.dcap_pki import NOW
+
+    cert = issue_certificate(new_key(), lambda rd: Evidence(EvidenceType.SGX, _identity_quote(pki, rd), pki.endorsements()), now=NOW)
+    return verify_certificate(cert.public_bytes(Enc.DER), pki.options(), policy)
+
+
+VERDICTS = {"legacy": _gramine_legacy_verdict, "dice": _gramine_dice_verdict}
+
+
+def _rules(**overrides):
+    kw = {"mrenclave": MRENCLAVE.hex(), "mrsigner": MRSIGNER.hex(), "isv_prod_id": PROD_ID, "isv_svn": SVN, **overrides}
+    return gramine_policy(**kw)
+
+
+@pytest.mark.parametrize("kind", sorted(VERDICTS))
+def test_gramine_certificate_verifies_end_to_end_and_passes_gramine_rules(sgx_pki, kind):
+    v = VERDICTS[kind](sgx_pki, _rules())
+    assert v.verified, v.error
+    assert v.ok, [r.to_dict() for r in v.policy.failed]
+    binding = next(s for s in v.steps if s.name == "report-data-binding")
+    assert binding.ok and ("Gramine legacy" in binding.detail) == (kind == "legacy")
+    assert [s.name for s in v.steps if s.name == "key-binding"] == ([] if kind == "legacy" else ["key-binding"])
+    c = v.claims
+    assert (c["x-ms-sgx-mrenclave"], c["x-ms-sgx-mrsigner"]) == (MRENCLAVE.hex(), MRSIGNER.hex())
+    assert (c["x-ms-sgx-product-id"], c["x-ms-sgx-svn"]) == (PROD_ID, SVN)
+    assert c["crl-checked"] is True and c["qe-identity-checked"] is True and c["tcb-status"] == "UpToDate"
+    # ISV SVN is "at least": an older required SVN passes too
+    assert v.policy is not None and _rules(isv_svn=SVN - 1).evaluate(c).ok
+
+
+@pytest.mark.parametrize("kind", sorted(VERDICTS))
+@pytest.mark.parametrize(
+    ("override", "claim"),
+    [
+        ({"mrenclave": "ab" * 32}, "x-ms-sgx-mrenclave"),
+        ({"mrsigner": "cd" * 32}, "x-ms-sgx-mrsigner"),
+        ({"isv_prod_id": PROD_ID + 1}, "x-ms-sgx-product-id"),
+        ({"isv_svn": SVN + 1}, "x-ms-sgx-svn"),
+    ],
+    ids=["mrenclave", "mrsigner", "isv-prod-id", "isv-svn"],
+)
+def test_gramine_rule_changed_fails_naming_its_claim(sgx_pki, kind, override, claim):
+    v = VERDICTS[kind](sgx_pki, _rules(**override))
+    assert v.verified, v.error
+    assert not v.ok
+    assert [r.claim for r in v.policy.failed] == [claim]
+    assert v.failed_step == "policy" and v.reason == Reason.POLICY_FAILED.value
+
+
+def test_gramine_dice_certificate_with_quote_of_another_key_refused(sgx_pki):
+    """DICE: a quote whose report data is the legacy hash of the key (not the claims hash) is refused."""
+    from cryptography.hazmat.primitives.serialization import Encoding as Enc
+
+    from ratls.certificate import issue_certificate, new_key, verify_certificate
+    from tests.dcap_pki import NOW
+
+    key = new_key()
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    cert = issue_certificate(key, lambda rd: Evidence(EvidenceType.SGX, _identity_quote(sgx_pki, legacy_report_data(spki)), sgx_pki.endorsements()), now=NOW)
+    v = verify_certificate(cert.public_bytes(Enc.DER), sgx_pki.options(), _rules())
+    assert (v.error.step, v.error.reason) == ("report-data-binding", Reason.REPORT_DATA_MISMATCH)
