@@ -551,21 +551,47 @@ def _tcb_date(ctx: _Ctx, tcb_info: SignedJson) -> str | None:
     return _TCB_DATES[key]
 
 
-_ENGINE_COLLATERAL: dict[tuple, Any] = {}
-
-
-def _engine_collateral(key: tuple, col: Collateral, chain: tuple[x509.Certificate, ...], now_signer: x509.Certificate) -> Any:
-    """dcap-qvl's collateral object, cached on the exact collateral bytes (``key``)."""
-    hit = _ENGINE_COLLATERAL.get(key)
-    if hit is not None:
-        return hit
-    if len(_ENGINE_COLLATERAL) > 64:
-        _ENGINE_COLLATERAL.clear()
+def _engine_collateral(col: Collateral, chain: tuple[x509.Certificate, ...], now_signer: x509.Certificate) -> Any:
+    """dcap-qvl's collateral object (built once per collateral set and signer: see _EnginePlan)."""
     root = chain[-1]
     ca_chain = (chain[1].public_bytes(Encoding.PEM) + root.public_bytes(Encoding.PEM)).decode()
     tcb_chain = (now_signer.public_bytes(Encoding.PEM) + root.public_bytes(Encoding.PEM)).decode()
-    _ENGINE_COLLATERAL[key] = out = to_dcap_qvl(col, tcb_chain, ca_chain, root=root.subject, ca=chain[1].subject)
-    return out
+    return to_dcap_qvl(col, tcb_chain, ca_chain, root=root.subject, ca=chain[1].subject)
+
+
+class _EnginePlan:
+    """What one collateral set means to the engine, worked out once: the TCB Signing certificates
+    it offers (with their validity), the nextUpdate times, the root to pass, and dcap-qvl's
+    collateral object per signer. ``keep`` holds the certificates whose ids are in the memo key,
+    so those ids cannot be reused while the plan lives."""
+
+    __slots__ = ("keep", "next_updates", "qvl", "root_der", "signers", "windows")
+
+    def __init__(self, ctx: _Ctx) -> None:
+        col = ctx.col
+        assert col.tcb_info is not None and col.qe_identity is not None
+        self.keep = tuple(col.certs)
+        self.signers = tuple(c for c in [*col.certs, *tcb_signing_certs()] if "TCB Signing" in _cn(c.subject))
+        self.windows = tuple((c.not_valid_before_utc, c.not_valid_after_utc) for c in self.signers)
+        self.next_updates = (col.tcb_info.next_update, col.qe_identity.next_update, *(c.next_update_utc for c in col.crls if c.next_update_utc))
+        self.root_der = _engine_root_der(ctx)
+        self.qvl: dict[int, Any] = {}
+
+
+_ENGINE_PLANS: dict[tuple, _EnginePlan] = {}
+
+
+def _engine_plan(ctx: _Ctx) -> _EnginePlan:
+    col = ctx.col
+    assert col.tcb_info is not None and col.qe_identity is not None
+    key = (col.tcb_info.source, col.qe_identity.source, tuple(col.crl_raw), ctx.q.pck_chain_pem, ctx.opts.intel_root_spki,
+           tuple(map(id, col.certs)))
+    plan = _ENGINE_PLANS.get(key)
+    if plan is None:
+        if len(_ENGINE_PLANS) > 64:
+            _ENGINE_PLANS.clear()
+        plan = _ENGINE_PLANS[key] = _EnginePlan(ctx)
+    return plan
 
 
 def _engine(ctx: _Ctx, trail: Trail) -> str | None:
@@ -575,25 +601,31 @@ def _engine(ctx: _Ctx, trail: Trail) -> str | None:
     col = ctx.col
     assert col.tcb_info is not None and col.qe_identity is not None
     t0 = time.perf_counter()
-    signers = [c for c in [*col.certs, *tcb_signing_certs()] if "TCB Signing" in _cn(c.subject)]
-    signer = next((c for c in signers if c.not_valid_before_utc <= ctx.now <= c.not_valid_after_utc), signers[0])
-    key = (col.tcb_info.source, col.qe_identity.source, tuple(col.crl_raw), ctx.q.pck_chain_pem, _der(signer))
-    qvl_col = _engine_collateral(key, col, ctx.chain, signer)
+    plan = _engine_plan(ctx)
+    now = ctx.now
+    i = next((i for i, (nb, na) in enumerate(plan.windows) if nb <= now <= na), 0)
+    qvl_col = plan.qvl.get(i)
+    if qvl_col is None:
+        qvl_col = plan.qvl[i] = _engine_collateral(col, ctx.chain, plan.signers[i])
     try:
-        report = dcap_qvl.verify_with_root_ca(ctx.q.raw, qvl_col, _engine_root_der(ctx), int(ctx.now.timestamp()))
+        report = dcap_qvl.verify_with_root_ca(ctx.q.raw, qvl_col, plan.root_der, int(now.timestamp()))
     except ValueError as e:
         return str(e)
     status = _engine_status(report.status)
-    ctx.verdict = TcbVerdict(status, tuple(sorted(report.advisory_ids)))
+    advisories = tuple(sorted(report.advisory_ids))
     ctx.crl_checked = True
     ctx.qe_identity_checked = True
-    ctx.next_updates = [col.tcb_info.next_update, col.qe_identity.next_update] + [c.next_update_utc for c in col.crls if c.next_update_utc]
-    detail = f"{status.value}; advisories {list(ctx.verdict.advisory_ids)}"
+    ctx.next_updates = list(plan.next_updates)
+    detail = f"{status.value}; advisories {list(advisories)}"
     trail.steps.append(Step("dcap-qvl", True, detail, (time.perf_counter() - t0) * 1e3))
-    for name in ("qe-report-signature", "qe-report-data", "quote-signature", *STEPS[6:]):
+    for name in _ENGINE_COVERS:
         trail.add(name, True, "by dcap-qvl")
-    ctx.verdict = TcbVerdict(status, ctx.verdict.advisory_ids, _tcb_date(ctx, col.tcb_info))
+    ctx.verdict = TcbVerdict(status, advisories, _tcb_date(ctx, col.tcb_info))
     return None
+
+
+#: the steps a dcap-qvl success stands for
+_ENGINE_COVERS = ("qe-report-signature", "qe-report-data", "quote-signature", *STEPS[6:])
 
 
 def _engine_status(text: str) -> TcbStatus:
