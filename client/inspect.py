@@ -1,7 +1,7 @@
 """``ratls inspect``: the security reviewer's view of one piece of evidence.
 
 TARGET is an RA-TLS certificate (PEM or DER), a raw SNP report / simulated report / SGX or TDX
-quote, or ``host:port`` (connect, take the certificate, verify nothing during the handshake).
+quote / Azure SNP CVM HCL report, or ``host:port`` (connect, take the certificate, verify nothing during the handshake).
 Collateral files are recognised by content. The clock is read here, at the edge, unless ``--at``
 gives the reference time.
 
@@ -23,6 +23,7 @@ from typing import Any
 
 from ratls.errors import ParseError, Reason, UsageError
 from ratls.evidence import Evidence, EvidenceType, VerifyOptions, verify_evidence
+from ratls.intel import azure
 from ratls.io.collateral import service_getter
 from ratls.policy import Policy, parse_policy
 
@@ -150,6 +151,8 @@ def inspect(target: str, *, collateral: tuple[bytes, ...], now: datetime, policy
         }
         return out
     try:
+        if azure.is_hcl_report(data):  # an Azure SNP CVM's HCL report: verify the SNP report inside it
+            data, collateral = azure.snp_evidence(data, collateral)
         kind = _raw_type(data, collateral, evidence_type)
     except ParseError as e:
         raise UsageError(Reason.UNSUPPORTED_EVIDENCE, str(e)) from e

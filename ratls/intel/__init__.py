@@ -10,6 +10,6 @@ Layers (parse, verify, then the policy validates claims):
   ``ratls.evidence.VERIFIERS``), dcap-qvl as the engine, named steps
 * :mod:`.claims` -- ``x-ms-tdxvm-*`` / ``x-ms-sgx-*`` claims
 * :mod:`.gramine` -- Gramine's legacy RA-TLS binding and rules as a policy
-* :mod:`.azure` -- Azure CVM HCL report (runtime data bound to the TD quote)
+* :mod:`.azure` -- Azure CVM HCL report (runtime data bound to the TD quote or the SNP report)
 * :mod:`.roots` -- the pinned Intel SGX Root CA key and TCB Signing certificates
 """

@@ -3,8 +3,16 @@
 Azure's paravisor (HCL) does not let the guest choose the TEE's report data: it puts the hash of a
 runtime-data JSON there (the vTPM attestation key ``HCLAkPub``, VM configuration, ``user-data``).
 The HCL report carries that JSON next to the hardware report (a TDREPORT for TDX, an SNP report).
-A TDX quote's REPORTDATA[0:32] = SHA-256(runtime data) binds them; the claims then expose the
-runtime data, as Azure Attestation's ``x-ms-runtime`` does.
+The TEE report's report data begins with the hash of that JSON (SHA-256 for hash type 1), which
+binds them; the claims then expose the runtime data, as Azure Attestation's ``x-ms-runtime`` does.
+
+* TDX: the evidence is the TD quote; the HCL report (an endorsement) holds the TDREPORT, whose
+  REPORTDATA must equal the quote's.
+* SEV-SNP: the evidence is the SNP report cut from the HCL report (bytes [0x20, 0x4C0)), verified
+  to the AMD root with its VCEK as any SNP report is; the HCL report (an endorsement) must hold
+  exactly that report. :func:`snp_evidence` builds that evidence from an HCL report.
+
+:func:`check_hcl` is the binding step both verifiers run (``azure-hcl-report``).
 
 Layout (Azure ``IGVM_ATTEST``/HCL report, as trustee's az-tdx-vtpm and az-snp-vtpm read it)::
 
@@ -23,7 +31,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ParseError, Reason
+from ..errors import ParseError, Reason, VerificationError
 
 HCL_MAGIC = b"HCLA"
 HCL_HEADER = struct.Struct("<4sIIII12x")
@@ -54,6 +62,41 @@ class HclReport:
     @property
     def tdreport_report_data(self) -> bytes:
         return self.hw_report[TDREPORT_REPORTDATA]
+
+
+STEP = "azure-hcl-report"
+_TYPE_NAMES = {REPORT_TYPE_SNP: "SEV-SNP", REPORT_TYPE_TDX: "TDX"}
+
+
+def check_hcl(item: bytes, *, report_type: int, report_data: bytes, hw_report: bytes | None = None) -> tuple[dict[str, Any], str]:
+    """Bind an HCL report to verified TEE evidence; returns (runtime claims, step detail).
+
+    ``report_data`` is the verified report's report data. For SNP, ``hw_report`` is the verified
+    SNP report itself: the HCL report must carry those exact bytes. For TDX the HCL's TDREPORT
+    must carry the quote's REPORTDATA. Raises ParseError / VerificationError.
+    """
+    hcl = parse_hcl_report(item)
+    if hcl.report_type != report_type:
+        got = _TYPE_NAMES.get(hcl.report_type, f"type {hcl.report_type}")
+        raise VerificationError(Reason.WRONG_PRODUCT, f"HCL report holds a {got} report, the evidence is {_TYPE_NAMES[report_type]}")
+    digest = hcl.runtime_digest
+    if report_data[: len(digest)] != digest:
+        raise VerificationError(Reason.REPORT_DATA_MISMATCH, f"report data {report_data[:len(digest)].hex()} != hash of the HCL runtime data {digest.hex()}")
+    if report_type == REPORT_TYPE_SNP:
+        if hw_report is None or hcl.hw_report != hw_report:
+            raise VerificationError(Reason.REPORT_DATA_MISMATCH, "the HCL report carries another SNP report than the one verified")
+    elif hcl.tdreport_report_data != report_data:
+        raise VerificationError(Reason.REPORT_DATA_MISMATCH, "the HCL report's TDREPORT carries other REPORTDATA than the quote")
+    return runtime_claims(hcl), f"report data = SHA-{len(digest) * 8}(runtime data, {len(hcl.runtime_data)} bytes)"
+
+
+def snp_evidence(item: bytes, endorsements: tuple[bytes, ...] = ()) -> tuple[bytes, tuple[bytes, ...]]:
+    """(SNP report, endorsements) from an Azure SNP HCL report: the report cut out, the HCL report
+    itself first among the endorsements so the verifier binds its runtime data."""
+    hcl = parse_hcl_report(item)
+    if hcl.report_type != REPORT_TYPE_SNP:
+        raise ParseError(Reason.UNSUPPORTED_EVIDENCE, f"HCL report type {hcl.report_type} is not SEV-SNP ({REPORT_TYPE_SNP})")
+    return hcl.hw_report, (item, *endorsements)
 
 
 def is_hcl_report(data: bytes) -> bool:

@@ -198,18 +198,11 @@ def verify_quote(evidence: Evidence, opts: VerifyOptions, trail: Trail, *, expec
     claims, report_data = _verify_quote(evidence, opts, trail, expect_tdx=expect_tdx)
     hcl_items = [e for e in evidence.endorsements if azure.is_hcl_report(e)]
     if hcl_items:
-        with trail.step("azure-hcl-report") as s:
-            hcl = azure.parse_hcl_report(hcl_items[0])
-            want_type = azure.REPORT_TYPE_TDX if expect_tdx else None
-            if want_type is None or hcl.report_type != want_type:
-                raise VerificationError(Reason.WRONG_PRODUCT, f"HCL report type {hcl.report_type} does not go with a {evidence.type.value} quote")
-            digest = hcl.runtime_digest
-            if report_data[: len(digest)] != digest:
-                raise VerificationError(Reason.REPORT_DATA_MISMATCH, f"quote REPORTDATA {report_data[:len(digest)].hex()} != hash of the HCL runtime data {digest.hex()}")
-            if hcl.tdreport_report_data != report_data:
-                raise VerificationError(Reason.REPORT_DATA_MISMATCH, "the HCL report's TDREPORT carries other REPORTDATA than the quote")
-            claims.update(azure.runtime_claims(hcl))
-            s.detail = f"REPORTDATA = SHA-{len(digest) * 8}(runtime data, {len(hcl.runtime_data)} bytes)"
+        with trail.step(azure.STEP) as s:
+            if not expect_tdx:
+                raise VerificationError(Reason.WRONG_PRODUCT, "an Azure HCL report does not go with an SGX quote")
+            runtime, s.detail = azure.check_hcl(hcl_items[0], report_type=azure.REPORT_TYPE_TDX, report_data=report_data)
+            claims.update(runtime)
     return claims, report_data
 
 

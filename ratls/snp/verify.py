@@ -12,6 +12,9 @@ The steps, in order (each a :class:`~ratls.trail.Trail` step with this name):
 5. ``report-signature`` ECDSA P-384 / SHA-384 over bytes [0, 0x2A0) with the VCEK/VLEK key.
 6. ``tcb-binding``      the VCEK's SPL extensions equal REPORTED_TCB; its hwID equals CHIP_ID.
 7. ``claims``           flat claims with Azure Attestation's names (:mod:`ratls.snp.claims`).
+8. ``azure-hcl-report`` only when an Azure HCL report is among the endorsements: it holds this
+                        very report, and REPORT_DATA begins with the hash of its runtime-data JSON,
+                        whose claims (``x-ms-runtime`` ...) are added (:mod:`ratls.intel.azure`).
 
 The simulated TEE (:mod:`ratls.sim`) runs exactly this code with its own root table.
 
@@ -36,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..errors import CollateralError, ParseError, Reason, VerificationError
 from ..evidence import Evidence, EvidenceType, VerifyOptions, run_verifier
+from ..intel import azure
 from ..trail import Trail, Verification
 from . import abi
 from .claims import SEVSNPVM, snp_claims
@@ -68,6 +72,7 @@ STEP_VALIDITY = "cert-validity"
 STEP_SIGNATURE = "report-signature"
 STEP_TCB = "tcb-binding"
 STEP_CLAIMS = "claims"
+STEP_AZURE_HCL = "azure-hcl-report"
 STEPS = (STEP_PARSE, STEP_FIND, STEP_CHAIN, STEP_VALIDITY, STEP_SIGNATURE, STEP_TCB, STEP_CLAIMS)
 
 
@@ -379,6 +384,12 @@ def verify_report(
         with trail.step(STEP_CLAIMS) as s:
             claims = snp_claims(report, chain.product, chain.kind, attestation_type=attestation_type)
             s.detail = f"{len(claims)} claims, tcb-status {claims['tcb-status']}"
+        hcl_items = [e for e in evidence.endorsements if azure.is_hcl_report(e)]
+        if hcl_items:
+            with trail.step(STEP_AZURE_HCL) as s:
+                runtime, s.detail = azure.check_hcl(hcl_items[0], report_type=azure.REPORT_TYPE_SNP, report_data=report.report_data,
+                                                    hw_report=bytes(evidence.data))
+                claims.update(runtime)
         found.append(chain)
         return claims, report.report_data
 
