@@ -4,8 +4,10 @@ its REPORT_DATA binds the HCL runtime-data JSON, and the runtime claims are expo
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from ratls.errors import Reason
+from ratls.errors import EvidenceError, ParseError, Reason
 from ratls.evidence import Evidence, EvidenceType, VerifyOptions, verify_evidence
 from ratls.intel import azure
 from tests.vectors import read, ref_time
@@ -127,3 +129,26 @@ def test_snp_hcl_report_with_a_td_quote_refused():
     name = "azure/trustee-az-tdx-vtpm"
     v = verify_evidence(Evidence(EvidenceType.TDX, read(name, "td-quote.bin"), (read(MILAN, "hcl-report.bin"),)), VerifyOptions(now=ref_time(name)))
     assert (v.error.step, v.error.reason) == ("azure-hcl-report", Reason.WRONG_PRODUCT)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0), st.integers(min_value=0, max_value=255), st.integers(min_value=0, max_value=2700))
+def test_hcl_parser_and_binding_raise_only_typed_errors(pos, byte, cut):
+    """Any mutation or truncation of a real HCL report: a result or our typed error, nothing else."""
+    hcl = bytearray(read(MILAN, "hcl-report.bin"))
+    hcl[pos % len(hcl)] = byte
+    data = bytes(hcl[:cut])
+    report = read(MILAN, "snp_report.bin")
+    try:
+        azure.check_hcl(data, report_type=azure.REPORT_TYPE_SNP, report_data=report[0x50:0x90], hw_report=report)
+    except EvidenceError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=1400))
+def test_hcl_parser_on_any_bytes(data):
+    try:
+        azure.parse_hcl_report(azure.HCL_MAGIC + data)
+    except ParseError:
+        pass
