@@ -17,9 +17,10 @@ Why each piece is there:
   header (which carries a key commitment) and the sealed manifest, so ``verify`` needs no key and
   a decrypt under any other key, or of any other content, is refused.
 
-Memory stays flat: every file is processed one chunk at a time into reused buffers. SHA-256 is
-slower than AES-GCM with AES-NI, so the hash of chunk *i* runs on a worker thread (hashlib drops
-the GIL) while chunk *i* is sealed and written.
+Memory stays flat: every file is processed one chunk at a time into a few reused buffers.
+SHA-256 is slower than AES-GCM with AES-NI, so the hashes run on a worker thread (hashlib drops
+the GIL) while the caller seals and writes: up to ``PIPELINE_DEPTH`` chunks ahead, so that a
+worker descheduled for a moment (a shared machine) does not stall the caller at once.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ import base64
 import hashlib
 import json
 import os
+import queue
 import re
 import struct
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -58,6 +59,8 @@ SALT_LEN = 32
 TAG_LEN = 16
 NONCE_LEN = 12
 DEFAULT_CHUNK_SIZE = 1 << 20
+#: plaintext chunk buffers per file being sealed or opened: how far the caller may run ahead of the hash
+PIPELINE_DEPTH = 4
 MIN_CHUNK_SIZE = 1 << 10
 MAX_CHUNK_SIZE = 64 << 20
 MAX_MANIFEST_LEN = 64 << 20
@@ -411,40 +414,54 @@ def _open_into(aead: AESGCM, nonce: bytes, data: memoryview, aad: bytes, out: me
 
 
 class _Hasher:
-    """SHA-256 of a file fed chunk by chunk on a worker thread, one update in flight at a time."""
+    """SHA-256 of one file fed chunk by chunk, in order.
 
-    def __init__(self, pool: ThreadPoolExecutor | None) -> None:
+    Threaded, a worker thread hashes while the caller goes on. The caller fills its buffers in
+    rotation and calls :meth:`reserve` before filling the next one: it returns once the chunk that
+    buffer held last has been hashed, so at most ``depth`` chunks are in flight. Unthreaded,
+    :meth:`update` hashes at once and :meth:`reserve` never waits.
+    """
+
+    def __init__(self, threaded: bool, depth: int = PIPELINE_DEPTH) -> None:
         self._h = hashlib.sha256()
-        self._pool = pool
-        self._pending: Future[None] | None = None
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._free = threading.Semaphore(depth)
+            self._queue: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, name="bundle-sha256", daemon=True)
+            self._thread.start()
 
-    def update(self, data: bytes | memoryview) -> None:
-        self.wait()
-        if self._pool is None or len(data) < 65536:
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._h.update(data)
+            self._free.release()
+
+    def reserve(self) -> None:
+        if self._thread is not None:
+            self._free.acquire()
+
+    def update(self, data: memoryview) -> None:
+        if self._thread is None:
             self._h.update(data)
         else:
-            self._pending = self._pool.submit(self._h.update, data)
+            self._queue.put(data)
 
-    def wait(self) -> None:
-        if self._pending is not None:
-            self._pending.result()
-            self._pending = None
+    def close(self) -> None:
+        """Wait for every queued chunk (also on an error path: the buffers must outlive the hashing)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
     def hexdigest(self) -> str:
-        self.wait()
+        self.close()
         return self._h.hexdigest()
 
+    def __enter__(self) -> _Hasher:
+        return self
 
-@contextmanager
-def _pool(threaded: bool) -> Iterator[ThreadPoolExecutor | None]:
-    if not threaded:
-        yield None
-        return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle-sha256")
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True)
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _read_full(stream: BinaryIO, view: memoryview) -> int:
@@ -490,9 +507,9 @@ class BundleWriter:
         self._paths: set[str] = set()
         self._offset = HEADER_LEN
         self._threaded = threaded
-        # plaintext double buffer (chunk i is hashed on the worker while chunk i+1 is read) and one
-        # sealed buffer: encrypt_into avoids a fresh 1 MiB allocation per chunk
-        self._bufs = (bytearray(chunk_size), bytearray(chunk_size))
+        # plaintext buffers in rotation (the worker hashes chunk i while later ones are read and
+        # sealed) and one sealed buffer: encrypt_into avoids a fresh 1 MiB allocation per chunk
+        self._bufs = tuple(bytearray(chunk_size) for _ in range(PIPELINE_DEPTH))
         self._sealed = bytearray(chunk_size + TAG_LEN)
         out.write(self._header_raw)
 
@@ -506,11 +523,11 @@ class BundleWriter:
         salt = self._random(SALT_LEN)
         aead = AESGCM(file_key(self._key, self.bundle_id, salt, path))
         n = chunk_count(size, cs)
-        with _pool(self._threaded and size > cs) as pool:
-            hasher = _Hasher(pool)
+        with _Hasher(self._threaded and size > cs) as hasher:
             for i in range(n):
                 want = min(cs, size - i * cs)
-                buf = memoryview(self._bufs[i % 2])[:want]
+                hasher.reserve()
+                buf = memoryview(self._bufs[i % PIPELINE_DEPTH])[:want]
                 got = _read_full(src, buf)
                 if got != want:
                     raise UsageError(Reason.CONFIG_INVALID, f"file {path!r} is shorter than {size} bytes (changed while reading?)")
@@ -602,10 +619,10 @@ class BundleReader:
         aead = AESGCM(file_key(self._key, bid, entry.salt, entry.path))
         n = chunk_count(entry.size, cs)
         buf = bytearray(cs + TAG_LEN)
-        plain_bufs = (bytearray(cs), bytearray(cs))  # double buffer: chunk i is hashed while i+1 is opened
+        depth = min(PIPELINE_DEPTH, n)
+        plain_bufs = tuple(bytearray(cs) for _ in range(depth))  # in rotation: chunk i is hashed while later ones are opened
         self._s.seek(entry.offset)
-        with _pool(threaded and entry.size > cs) as pool:
-            hasher = _Hasher(pool)
+        with _Hasher(threaded and entry.size > cs, depth) as hasher:
             for i in range(n):
                 want = min(cs, entry.size - i * cs) + TAG_LEN
                 view = memoryview(buf)[:want]
@@ -614,7 +631,8 @@ class BundleReader:
                     raise BundleError(
                         Reason.TRUNCATED, f"sealed chunk is {got} bytes, expected {want}", step="decrypt", path=entry.path, chunk=i
                     )
-                plain = memoryview(plain_bufs[i % 2])[: want - TAG_LEN]
+                hasher.reserve()
+                plain = memoryview(plain_bufs[i % depth])[: want - TAG_LEN]
                 try:
                     _open_into(aead, chunk_nonce(i), view, chunk_aad(bid, entry.path, i, i == n - 1), plain)
                 except InvalidTag as e:

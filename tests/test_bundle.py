@@ -312,6 +312,37 @@ def test_unthreaded_matches_threaded(tmp_path, model, owner):
     assert _tree(tmp_path / "o") == _tree(model)
 
 
+def test_hash_pipeline_never_hashes_a_reused_buffer(monkeypatch):
+    """The caller refills its buffers in rotation while the worker hashes: with a worker slower than
+    the caller, ``reserve`` must hold the caller back, so the digest is that of the data fed."""
+    import hashlib
+    import time
+
+    real = hashlib.sha256
+
+    class SlowSha256:
+        def __init__(self):
+            self._h = real()
+
+        def update(self, data):
+            time.sleep(0.002)
+            self._h.update(data)
+
+        def hexdigest(self):
+            return self._h.hexdigest()
+
+    monkeypatch.setattr(B.hashlib, "sha256", SlowSha256)
+    depth, chunks = 3, [os.urandom(4096) for _ in range(40)]
+    bufs = [bytearray(4096) for _ in range(depth)]
+    with B._Hasher(True, depth) as h:
+        for i, c in enumerate(chunks):
+            h.reserve()
+            bufs[i % depth][:] = c
+            h.update(memoryview(bufs[i % depth]))
+        got = h.hexdigest()
+    assert got == real(b"".join(chunks)).hexdigest()
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_single_byte_flip_is_refused(tmp_path_factory, data):
