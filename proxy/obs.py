@@ -1,7 +1,7 @@
 """Observability shared by the proxy and the sidecar: JSON log lines and the admin HTTP port.
 
 The log is one JSON object per line, appended and flushed per event so a reviewer (or a test) can
-``tail -f`` it. The admin server (aiohttp, off the relay hot path) serves ``/healthz``, ``/readyz``
+``tail -f`` it. The admin server (:class:`AdminServer`, off the relay hot path) serves ``/healthz``, ``/readyz``
 and Prometheus ``/metrics`` from a per-process :class:`prometheus_client.CollectorRegistry`, so
 several servers in one test process do not share counters.
 """
@@ -53,43 +53,109 @@ class JsonLog:
 
 
 class AdminServer:
-    """``/healthz`` (process alive), ``/readyz`` (``ready()`` true), ``/metrics``; optional extra routes."""
+    """``/healthz`` (process alive), ``/readyz`` (``ready()`` true), ``/metrics`` (Prometheus).
+
+    A small asyncio HTTP/1.1 server over :mod:`proxy.http1` rather than aiohttp: importing
+    aiohttp cost each proxy and sidecar process 12 MB of resident memory for three GET routes.
+    Keep-alive for scrapers; GET and HEAD only; heads over 8 KB or idle for 30 s are closed.
+    """
+
+    MAX_HEAD = 8 * 1024
+    IDLE_S = 30.0
 
     def __init__(self, registry: CollectorRegistry, ready: Callable[[], tuple[bool, dict[str, Any]]]) -> None:
         self.registry = registry
         self.ready = ready
-        self._runner: Any = None
+        self._server: Any = None
         self.port: int | None = None
         self.started = time.monotonic()
 
-    async def start(self, host: str, port: int) -> None:
-        from aiohttp import web
-
-        async def healthz(_req: web.Request) -> web.Response:
-            return web.json_response({"status": "ok", "uptime_s": round(time.monotonic() - self.started, 3)})
-
-        async def readyz(_req: web.Request) -> web.Response:
+    def answer(self, method: bytes, path: bytes) -> tuple[int, bytes, bytes]:
+        """(status, content type, body) for one request: the routing, without sockets."""
+        route = path.split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            return 405, b"application/json", b'{"error": "GET or HEAD only"}'
+        if route == b"/healthz":
+            return 200, b"application/json", json.dumps({"status": "ok", "uptime_s": round(time.monotonic() - self.started, 3)}).encode()
+        if route == b"/readyz":
             ok, info = self.ready()
-            return web.json_response({"ready": ok, **info}, status=200 if ok else 503)
+            return (200 if ok else 503), b"application/json", json.dumps({"ready": ok, **info}, default=str).encode()
+        if route == b"/metrics":
+            return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry)
+        return 404, b"application/json", json.dumps({"error": "not found", "paths": ["/healthz", "/readyz", "/metrics"]}).encode()
 
-        async def metrics(_req: web.Request) -> web.Response:
-            body = generate_latest(self.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def start(self, host: str, port: int) -> None:
+        import asyncio
 
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        app.router.add_get("/metrics", metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._server = await asyncio.get_running_loop().create_server(lambda: _AdminConnection(self), host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 431: b"Request Header Fields Too Large",
+            503: b"Service Unavailable"}
+
+
+class _AdminConnection:
+    """One admin client connection (an ``asyncio.Protocol``)."""
+
+    def __init__(self, admin: AdminServer) -> None:
+        self.admin = admin
+        self.buf = bytearray()
+        self.transport: Any = None
+        self._idle: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self._arm()
+
+    def _arm(self) -> None:
+        import asyncio
+
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = asyncio.get_running_loop().call_later(self.admin.IDLE_S, self._close)
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        from .http1 import HttpError, parse_request_head
+
+        self.buf += data
+        self._arm()
+        while self.transport is not None:
+            try:
+                req = parse_request_head(self.buf, self.admin.MAX_HEAD)
+            except HttpError as e:
+                self._send(e.status, b"application/json", json.dumps({"error": e.detail}).encode(), head_only=False, close=True)
+                return
+            if req is None:
+                return
+            del self.buf[: req.size]
+            status, ctype, body = self.admin.answer(req.method, req.target)
+            self._send(status, ctype, body, head_only=req.method == b"HEAD", close=not req.keep_alive)
+
+    def _send(self, status: int, ctype: bytes, body: bytes, *, head_only: bool, close: bool) -> None:
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n" % (
+            status, _REASONS.get(status, b"Error"), ctype, len(body), b"Connection: close\r\n" if close else b"")
+        self.transport.write(head if head_only else head + body)
+        if close:
+            self._close()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self.transport = None
+        self._idle = None
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:

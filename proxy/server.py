@@ -230,6 +230,8 @@ class Proxy:
         self._ctx = {alpn: self._client_context(alpn) for alpn in (ALPN_H2, ALPN_HTTP1)}
         #: one verification per certificate at a time: concurrent handshakes wait for the first
         self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        #: set by :meth:`start`; per-request code uses it (``asyncio.get_running_loop()`` costs a getpid() in 3.11)
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     @staticmethod
     def _client_context(alpn: str) -> ssl.SSLContext:
@@ -244,7 +246,7 @@ class Proxy:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         host, port = self.cfg.listen
         srv = await loop.create_server(lambda: _Client(self, None), host, port, reuse_port=self.cfg.reuse_port or None, backlog=1024)
         self._servers.append(srv)
@@ -278,7 +280,7 @@ class Proxy:
         self.log.close()
 
     def _spawn(self, coro: Any) -> None:
-        t = asyncio.get_running_loop().create_task(coro)
+        t = self._loop.create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
@@ -311,6 +313,8 @@ class Proxy:
             raise UpstreamError(502, "tls-connect", f"cannot reach the sidecar for {route.service} at {route.sidecar[0]}:{route.sidecar[1]}: {type(e).__name__}: {e}") from e
         t_hs = time.perf_counter()
         t = ep.transport
+        if t is None:  # lost right after the handshake (the endpoint unlinks its transport)
+            raise UpstreamError(502, "tls-connect", f"sidecar for {route.service} closed the connection right after the handshake")
         sslobj = t.get_extra_info("ssl_object")
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
         if not der:
@@ -392,7 +396,7 @@ class Proxy:
         up.ep.dst = None
         up.ep.feeder = None
         up.ep.resume_reading()  # idle: reading stays on so that a close by the sidecar is noticed
-        up.idle_since = asyncio.get_running_loop().time()
+        up.idle_since = self._loop.time()
         pool.append(up)
 
     async def _sweep_pool(self) -> None:
@@ -448,7 +452,7 @@ class Proxy:
 
     async def _read_request(self, c: Endpoint) -> Request | None:
         """Next request head; None on a clean close or idle timeout. HttpError on bad bytes."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         deadline = loop.time() + self.cfg.idle_timeout
         while True:
             req = parse_request_head(c.buf, self.cfg.max_head)
@@ -544,7 +548,7 @@ class Proxy:
         else:
             body_done = c.forward(body, u, prefix=head)
         sent_body = body.total
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         deadline = loop.time() + self.cfg.response_timeout
         try:
             while True:

@@ -110,6 +110,7 @@ class Sidecar:
         self.port: int | None = None
         self.admin_port: int | None = None
         self._conns: set[_TlsSide] = set()
+        self._trim_handle: asyncio.TimerHandle | None = None
 
     # -- certificate ----------------------------------------------------------------------
     def prepare(self, now: datetime | None = None) -> tuple[bytes, x509.Certificate]:
@@ -140,11 +141,17 @@ class Sidecar:
         key_pem, cert = await asyncio.to_thread(self.prepare)
         self.install(key_pem, cert, time.perf_counter() - t0)
 
-    async def _trim_when_idle(self) -> None:
-        while True:
-            await asyncio.sleep(5)
-            if not self._conns:
-                trim_memory()
+    def _went_idle(self) -> None:
+        """The last connection closed: give its freed buffers back to the OS a second later, if
+        no new connection came (a burst of short connections costs one trim, not one each)."""
+        if self._trim_handle is not None:
+            self._trim_handle.cancel()
+        self._trim_handle = asyncio.get_running_loop().call_later(1.0, self._trim_if_idle)
+
+    def _trim_if_idle(self) -> None:
+        self._trim_handle = None
+        if not self._conns:
+            trim_memory()
 
     async def _rotate_forever(self) -> None:
         period = max(1.0, self.cfg.lifetime.total_seconds() * self.cfg.rotate_at)
@@ -167,7 +174,6 @@ class Sidecar:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._rotator = asyncio.create_task(self._rotate_forever())
-        self._spawn(self._trim_when_idle())
         if self.cfg.admin is not None:
             from proxy.obs import AdminServer
 
@@ -214,7 +220,8 @@ class Sidecar:
         cid = next_conn_id("sc")
         t0 = time.perf_counter()
         t = tls.transport
-        assert t is not None
+        if t is None:  # the client left before this task ran
+            return
         sslobj = t.get_extra_info("ssl_object")
         alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
         cipher = t.get_extra_info("cipher")
@@ -248,6 +255,8 @@ class Sidecar:
             if result != "ok":
                 tls.close()
             self._conns.discard(tls)
+            if not self._conns:
+                self._went_idle()
             self.metrics.open.dec()
             self.metrics.connections.labels(alpn or "none", result).inc()
             self.log.write("connection", result=result, duration_ms=round((time.perf_counter() - t0) * 1e3, 3), **rec)
