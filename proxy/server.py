@@ -688,8 +688,11 @@ class Proxy:
             self.metrics.request("map", str(status))
             if alpn == ALPN_HTTP1:
                 self._error(c, status, body, close=True)
-            else:
-                c.abort()
+            else:  # gRPC clients get the reason as grpc-status / grpc-message on every call
+                from .h2answer import GRPC_PERMISSION_DENIED, GRPC_UNAVAILABLE, H2Answer, answer_h2
+
+                grpc_status = GRPC_PERMISSION_DENIED if isinstance(e, Refused) else GRPC_UNAVAILABLE
+                await answer_h2(c, H2Answer(body, http_status=status, grpc_status=grpc_status))
             return
         await self._tunnel(c, up, "map")
 

@@ -205,15 +205,22 @@ class Sidecar:
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _answer_backend_down(self, tls: _TlsSide, backend: tuple[str, int], error: str) -> None:
-        """HTTP/1.1 clients get a 502 naming the backend (after their request head), not a bare close."""
+    async def _answer_backend_down(self, tls: _TlsSide, backend: tuple[str, int], error: str, alpn: str | None) -> None:
+        """The client gets an answer naming the backend, not a bare close: HTTP/1.1 a 502 (after its
+        request head); HTTP/2 every request a gRPC UNAVAILABLE (or a 502) with the same JSON reason."""
+        body = {"error": f"backend {_fmt(backend)} unreachable: {error}", "service": _fmt(backend),
+                "step": "backend-connect", "reason": "backend-unreachable", "failed": []}
+        if alpn == ALPN_H2:
+            from proxy.h2answer import GRPC_UNAVAILABLE, H2Answer, answer_h2
+
+            await answer_h2(tls, H2Answer(body, http_status=502, grpc_status=GRPC_UNAVAILABLE))
+            return
         import json
 
         if not tls.buf and not await tls.wait_for_data(10):
             return
-        body = json.dumps({"error": f"backend {_fmt(backend)} unreachable: {error}", "service": _fmt(backend),
-                           "step": "backend-connect", "reason": "backend-unreachable", "failed": []}).encode()
-        tls.write(_BACKEND_DOWN % (len(body), body))
+        raw = json.dumps(body).encode()
+        tls.write(_BACKEND_DOWN % (len(raw), raw))
 
     # -- one connection -------------------------------------------------------------------
     async def _serve(self, tls: _TlsSide) -> None:
@@ -243,8 +250,7 @@ class Sidecar:
                 result = "backend-unreachable"
                 rec["error"] = f"{type(e).__name__}: {e}"
                 self.metrics.errors.labels("backend-connect").inc()
-                if alpn != ALPN_H2:
-                    await self._answer_backend_down(tls, backend, rec["error"])
+                await self._answer_backend_down(tls, backend, rec["error"], alpn)
                 return
             await splice(tls, up)
             rec["bytes_from_client"] = tls.bytes_in
