@@ -17,7 +17,9 @@ Routes name a service as clients address it and the sidecar that serves it::
     pccs-url: https://pccs.example:8081            # fetched into the directory (or memory) when missing or old
 
 The command line wins over the file for scalar options; routes and maps from both are combined.
-A route without a policy is refused (no policy, no traffic), and said so at start-up.
+A route without a policy is refused (no policy, no traffic), and said so at start-up. SIGHUP reads
+the files again and applies new routes and policies without dropping open connections (pooled ones
+are re-verified); listen addresses and maps need a restart.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout", type=float, help="seconds a client connection may idle between requests (default 120)")
     parser.add_argument("--connect-timeout", type=float, help="seconds for TCP + TLS to a sidecar (default 10)")
     parser.add_argument("--pool-idle-timeout", type=float, help="seconds a verified upstream connection may idle in the pool (default 60)")
+    parser.add_argument("--tunnel-idle-timeout", type=float, help="seconds a CONNECT or --map tunnel may carry no byte before it is closed (default 3600; 0: never)")
     parser.add_argument("--response-timeout", type=float, help="seconds to wait for a response head (default 300): over it, 504")
     parser.add_argument("--reuse-port", action="store_true", default=None, help="SO_REUSEPORT on the listeners (several processes)")
     parser.add_argument("--workers", type=int, help="processes sharing the listeners via SO_REUSEPORT (default 1); admin on the first")
@@ -60,7 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 _SCALARS = {"listen", "policy", "sim_dir", "admin", "log", "max_header_bytes", "max_connections", "idle_timeout", "connect_timeout",
-            "response_timeout", "pool_idle_timeout", "reuse_port", "workers", "collateral_dir", "pccs_url"}
+            "response_timeout", "pool_idle_timeout", "tunnel_idle_timeout", "reuse_port", "workers", "collateral_dir", "pccs_url"}
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
@@ -164,7 +167,7 @@ def build_config(args: argparse.Namespace) -> Any:
         raise UsageError(Reason.CONFIG_INVALID, "--workers > 1 needs fixed listen ports (port 0 would differ per worker)")
     for name, attr in (("max_header_bytes", "max_head"), ("max_connections", "max_connections"), ("idle_timeout", "idle_timeout"),
                        ("connect_timeout", "connect_timeout"), ("response_timeout", "response_timeout"),
-                       ("pool_idle_timeout", "pool_idle_timeout")):
+                       ("pool_idle_timeout", "pool_idle_timeout"), ("tunnel_idle_timeout", "tunnel_idle_timeout")):
         if opts.get(name) is not None:
             setattr(cfg, attr, type(getattr(cfg, attr))(opts[name]))
     return cfg
@@ -214,8 +217,12 @@ def run(args: argparse.Namespace) -> int:
 
         install_uvloop()
         wcfg = cfg if i == 0 else dataclasses.replace(cfg, admin=None)
+
+        def reload() -> Any:  # SIGHUP: the same files and flags, read again
+            return build_config(args)
+
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_forever(wcfg, ready if i == 0 else None))
+            asyncio.run(serve_forever(wcfg, ready if i == 0 else None, reload=reload))
 
     run_workers(cfg.workers, worker)
     return 0

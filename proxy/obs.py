@@ -183,6 +183,19 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+#: pids of the workers :func:`run_workers` started (in worker 0, the parent)
+_children: list[int] = []
+
+
+def signal_workers(sig: int) -> None:
+    """Pass a signal (SIGHUP: reload) on to the other workers; a no-op in a single process."""
+    import signal as _signal
+
+    for pid in _children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, _signal.Signals(sig))
+
+
 def run_workers(n: int, main: Callable[[int], None]) -> None:
     """Run ``main(i)`` in ``n`` processes sharing SO_REUSEPORT listeners (the kernel spreads
     connections). Forks before any event loop or thread exists; worker 0 is this process and owns
@@ -193,10 +206,11 @@ def run_workers(n: int, main: Callable[[int], None]) -> None:
     if n <= 1:
         main(0)
         return
-    children: list[int] = []
+    children = _children
     for i in range(1, n):
         pid = os.fork()
         if pid == 0:
+            _children.clear()  # a worker forwards nothing
             code = 0
             try:
                 main(i)

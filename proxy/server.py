@@ -52,7 +52,7 @@ from .http1 import (
     upstream_head,
 )
 from .obs import JsonLog, next_conn_id, trim_memory, utcnow
-from .relay import Endpoint, Mode, splice
+from .relay import Endpoint, Mode, count_bytes, splice
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: methods retried once when a pooled upstream connection turns out dead (RFC 9110 9.2.2; as Go's http.Transport)
@@ -90,6 +90,8 @@ class ProxyConfig:
     pool_size: int = 64
     #: seconds an idle pooled upstream connection is kept
     pool_idle_timeout: float = 60.0
+    #: seconds a CONNECT or port-map tunnel may pass no byte either way before both ends are closed (0: never)
+    tunnel_idle_timeout: float = 3600.0
     reuse_port: bool = False
     #: processes sharing the listeners (SO_REUSEPORT); each has its own pool and verdict cache
     workers: int = 1
@@ -221,6 +223,8 @@ class Proxy:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._clients: set[_Client] = set()
         self._upstreams: set[Endpoint] = set()
+        #: open tunnels: client endpoint -> [upstream endpoint, bytes seen at the last sweep, loop time they last moved]
+        self._tunnels: dict[Endpoint, list[Any]] = {}
         self._admin: Any = None
         self.port: int | None = None
         #: service -> bound port of its map listener; ``maps_bound`` keeps every (listen, service, port)
@@ -370,8 +374,13 @@ class Proxy:
         if ep in self._upstreams:
             self._upstreams.discard(ep)
             self.metrics.upstream_open.dec()
-            self.metrics.bytes.labels("from_sidecar").inc(ep.bytes_in)
-            self.metrics.bytes.labels("to_sidecar").inc(ep.bytes_out)
+            self._count_upstream(ep)
+
+    def _count_upstream(self, ep: Endpoint) -> None:
+        count_bytes(ep, self.metrics.bytes.labels("from_sidecar"), self.metrics.bytes.labels("to_sidecar"))
+
+    def _count_client(self, ep: Endpoint) -> None:
+        count_bytes(ep, self.metrics.bytes.labels("from_client"), self.metrics.bytes.labels("to_client"))
 
     async def get_upstream(self, route: Route, peer: str | None) -> tuple[Upstream, bool]:
         """(upstream, from_pool) for HTTP/1.1 requests."""
@@ -400,11 +409,13 @@ class Proxy:
         pool.append(up)
 
     async def _sweep_pool(self) -> None:
-        """Close pooled connections idle longer than ``pool_idle_timeout`` and drop expired verdicts."""
+        """Periodically: close pooled connections idle longer than ``pool_idle_timeout`` and tunnels
+        idle longer than ``tunnel_idle_timeout``, drop expired verdicts, bring the byte counters up
+        to date (so long-lived tunnels show their traffic while it flows)."""
         loop = asyncio.get_running_loop()
-        period = max(0.5, self.cfg.pool_idle_timeout / 4)
         while True:
-            await asyncio.sleep(period)
+            limits = [t for t in (self.cfg.pool_idle_timeout, self.cfg.tunnel_idle_timeout) if t > 0]
+            await asyncio.sleep(min(15.0, max(0.25, min(limits, default=60.0) / 4)))
             cutoff = loop.time() - self.cfg.pool_idle_timeout
             for key, pool in self._pool.items():
                 keep = [u for u in pool if u.idle_since >= cutoff and not u.ep.closed]
@@ -412,9 +423,48 @@ class Proxy:
                     if u not in keep:
                         u.ep.close()
                 self._pool[key] = keep
+            self._sweep_tunnels(loop.time())
+            for c in self._clients:
+                self._count_client(c)
+            for u in self._upstreams:
+                self._count_upstream(u)
             self.cache.prune()
             if not self._clients:
                 trim_memory()
+
+    def _sweep_tunnels(self, now: float) -> None:
+        limit = self.cfg.tunnel_idle_timeout
+        for c, entry in list(self._tunnels.items()):
+            up = entry[0]
+            moved = c.bytes_in + up.bytes_in
+            if moved != entry[1]:
+                entry[1], entry[2] = moved, now
+            elif limit > 0 and now - entry[2] >= limit:
+                self.metrics.errors.labels("tunnel-idle").inc()
+                self.log.write("tunnel-closed", reason="idle", idle_s=round(now - entry[2], 1), limit_s=limit,
+                               bytes_from_client=c.bytes_in, bytes_from_sidecar=up.bytes_in)
+                c.close()
+                up.close()
+                del self._tunnels[c]
+
+    def reload(self, cfg: ProxyConfig) -> dict[str, Any]:
+        """Take new routes and policies (SIGHUP). Pooled connections verified under the old ones are
+        closed, so the next request is verified against the new policy (the verdict cache keys on the
+        policy digest); open tunnels and requests in flight carry on. Listen addresses, maps and the
+        other options need a restart: a change there is reported, not applied."""
+        def summary(c: ProxyConfig) -> dict[str, Any]:
+            return {r.service: {"sidecar": f"{r.sidecar[0]}:{r.sidecar[1]}", "policy": r.policy.digest[:16] if r.policy else None}
+                    for r in c.routes.values()}
+
+        before, after = summary(self.cfg), summary(cfg)
+        ignored = [k for k in ("listen", "maps", "admin", "log_path", "workers") if getattr(cfg, k) != getattr(self.cfg, k)]
+        self.cfg.routes = cfg.routes
+        for pool in self._pool.values():
+            for u in pool:
+                u.ep.close()
+        self._pool.clear()
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        return self.log.write("reloaded", routes=after, changed=changed, needs_restart=ignored)
 
     # -- client side ----------------------------------------------------------------------
     def _route_for(self, host: bytes | str, port: int) -> Route | None:
@@ -447,8 +497,7 @@ class Proxy:
         finally:
             self._clients.discard(c)
             self.metrics.client_open.dec()
-            self.metrics.bytes.labels("from_client").inc(c.bytes_in)
-            self.metrics.bytes.labels("to_client").inc(c.bytes_out)
+            self._count_client(c)
 
     async def _read_request(self, c: Endpoint) -> Request | None:
         """Next request head; None on a clean close or idle timeout. HttpError on bad bytes."""
@@ -632,7 +681,11 @@ class Proxy:
 
     async def _tunnel(self, c: Endpoint, up: Upstream, kind: str) -> None:
         self.metrics.request(kind, "200")
-        await splice(c, up.ep)
+        self._tunnels[c] = [up.ep, -1, self._loop.time()]
+        try:
+            await splice(c, up.ep)
+        finally:
+            self._tunnels.pop(c, None)
 
     async def _serve_connect(self, c: _Client, req: Request, peer: str | None) -> None:
         try:
@@ -701,7 +754,11 @@ class _Retry(Exception):
     pass
 
 
-async def serve_forever(cfg: ProxyConfig, ready: Callable[[Proxy], None] | None = None) -> None:
+async def serve_forever(cfg: ProxyConfig, ready: Callable[[Proxy], None] | None = None,
+                        reload: Callable[[], ProxyConfig] | None = None) -> None:
+    """Run until SIGTERM/SIGINT. With ``reload`` (re-reads the configuration), SIGHUP applies new
+    routes and policies (:meth:`Proxy.reload`); a configuration that does not load is logged and the
+    running one kept."""
     import signal
 
     p = Proxy(cfg)
@@ -713,6 +770,23 @@ async def serve_forever(cfg: ProxyConfig, ready: Callable[[Proxy], None] | None 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+
+    def on_hup() -> None:
+        assert reload is not None
+        from .obs import signal_workers
+
+        signal_workers(signal.SIGHUP)
+        try:
+            new = reload()
+        except Exception as e:  # a bad file must not take the running proxy down
+            p.metrics.errors.labels("reload").inc()
+            p.log.write("reload-failed", error=f"{type(e).__name__}: {e}", kept="the running routes and policies")
+            return
+        p.reload(new)
+
+    if reload is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await stop.wait()
     finally:

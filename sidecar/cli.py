@@ -26,6 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "lifetime": 3600.0,
     "rotate_at": 0.5,
     "curve": "P-256",
+    "max_connections": 10000,
+    "idle_timeout": 3600.0,
 }
 
 
@@ -46,6 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve", choices=("P-256", "P-384"), help="key curve (default P-256)")
     parser.add_argument("--dns-name", action="append", help="DNS name for the certificate's SAN (repeatable)")
     parser.add_argument("--reuse-port", action="store_true", default=None, help="SO_REUSEPORT on the listener (several processes)")
+    parser.add_argument("--max-connections", type=int, help="connections served at once (default 10000): past it, 503 / gRPC UNAVAILABLE")
+    parser.add_argument("--idle-timeout", type=float, help="seconds a connection may carry no byte before it is closed (default 3600; 0: never)")
     parser.add_argument("--workers", type=int, help="processes sharing the listener via SO_REUSEPORT, each with its own key and certificate (default 1)")
     parser.add_argument("--collateral-dir", help="DCAP collateral cache directory: TDX/SGX certificates carry it in their endorsements")
     parser.add_argument("--pccs-url", help="PCCS/PCS base URL for the DCAP collateral the certificates carry (cached in --collateral-dir if given)")
@@ -138,6 +142,8 @@ def build_config(opts: dict[str, Any]) -> Any:
     rotate_at = float(opts["rotate_at"])
     if not 0.05 <= rotate_at <= 0.9:
         raise UsageError(Reason.CONFIG_INVALID, "--rotate-at must be between 0.05 and 0.9 of the lifetime")
+    if int(opts["max_connections"]) < 1 or float(opts["idle_timeout"]) < 0:
+        raise UsageError(Reason.CONFIG_INVALID, "--max-connections must be at least 1 and --idle-timeout at least 0")
     dns = opts.get("dns_name") or ()
     return SidecarConfig(
         listen=parse_hostport(str(opts["listen"]), "--listen"),
@@ -152,11 +158,14 @@ def build_config(opts: dict[str, Any]) -> Any:
         dns_names=tuple([dns] if isinstance(dns, str) else dns),
         curve=opts["curve"],
         reuse_port=bool(opts.get("reuse_port")) or int(opts.get("workers") or 1) > 1,
+        max_connections=int(opts["max_connections"]),
+        idle_timeout=float(opts["idle_timeout"]),
     )
 
 
 _KNOWN = {"config", "tee", "sim_measurement", "sim_host_data", "sim_dir", "sim_debug", "listen", "http_backend", "grpc_backend",
           "admin", "log", "lifetime", "rotate_at", "curve", "dns_name", "reuse_port", "workers", "sidecar_command",
+          "max_connections", "idle_timeout",
           "collateral_dir", "pccs_url"}
 
 

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from proxy.obs import JsonLog, next_conn_id, trim_memory, utcnow
-from proxy.relay import Endpoint, splice
+from proxy.relay import Endpoint, count_bytes, splice
 from ratls.evidence import Evidence
 
 ALPN_H2 = "h2"
@@ -55,6 +55,10 @@ class SidecarConfig:
     curve: str = "P-256"
     handshake_timeout: float = 10.0
     backend_connect_timeout: float = 5.0
+    #: connections served at once; past it a client gets a 503 (or gRPC UNAVAILABLE) naming the limit
+    max_connections: int = 10000
+    #: seconds a connection may pass no byte either way before it is closed (0: never)
+    idle_timeout: float = 3600.0
     reuse_port: bool = False
     extra_log: dict[str, Any] = field(default_factory=dict)
 
@@ -86,6 +90,10 @@ class _TlsSide(Endpoint):
     def __init__(self, sidecar: Sidecar) -> None:
         super().__init__()
         self.sidecar = sidecar
+        #: bytes both ways at the last sweep, and the loop time they last moved (idle timeout)
+        self.seen = -1
+        self.moved_at = 0.0
+        self.idle_closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -153,15 +161,44 @@ class Sidecar:
         if not self._conns:
             trim_memory()
 
-    async def _rotate_forever(self) -> None:
+    async def _rotate_forever(self, first_in: float | None = None) -> None:
+        """Re-issue every ``lifetime * rotate_at``. A failed rotation (the evidence provider or the
+        collateral source is down) is retried after 1, 2, 4 ... 60 s, not a whole period later: the
+        certificate in use must not run out while the cause is fixed."""
         period = max(1.0, self.cfg.lifetime.total_seconds() * self.cfg.rotate_at)
+        delay = period if first_in is None else first_in
+        failures = 0
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(delay)
             try:
                 await self.rotate()
+                failures, delay = 0, period
             except Exception as e:  # keep serving the current certificate; say why loudly
+                failures += 1
+                delay = min(60.0, 2.0 ** (failures - 1))
                 self.metrics.errors.labels("rotation").inc()
-                self.log.write("rotation-failed", error=f"{type(e).__name__}: {e}")
+                left = (self.cert_not_after - utcnow()).total_seconds() if self.cert_not_after else None
+                self.log.write("rotation-failed", error=f"{type(e).__name__}: {e}", attempt=failures, retry_in_s=delay,
+                               current_expires_in_s=None if left is None else round(left, 1))
+
+    async def _sweep(self) -> None:
+        """Bring the byte counters up to date and close connections idle past ``idle_timeout``."""
+        loop = asyncio.get_running_loop()
+        limit = self.cfg.idle_timeout
+        while True:
+            await asyncio.sleep(min(15.0, max(0.25, limit / 4)) if limit > 0 else 15.0)
+            now = loop.time()
+            for tls in list(self._conns):
+                self._count(tls)
+                moved = tls.bytes_in + tls.bytes_out
+                if moved != tls.seen:
+                    tls.seen, tls.moved_at = moved, now
+                elif limit > 0 and now - tls.moved_at >= limit:
+                    tls.idle_closed = True
+                    tls.close()
+
+    def _count(self, tls: _TlsSide) -> None:
+        count_bytes(tls, self.metrics.bytes.labels("to_backend"), self.metrics.bytes.labels("to_client"))
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -174,6 +211,7 @@ class Sidecar:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._rotator = asyncio.create_task(self._rotate_forever())
+        self._spawn(self._sweep())
         if self.cfg.admin is not None:
             from proxy.obs import AdminServer
 
@@ -205,22 +243,21 @@ class Sidecar:
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _answer_backend_down(self, tls: _TlsSide, backend: tuple[str, int], error: str, alpn: str | None) -> None:
-        """The client gets an answer naming the backend, not a bare close: HTTP/1.1 a 502 (after its
-        request head); HTTP/2 every request a gRPC UNAVAILABLE (or a 502) with the same JSON reason."""
-        body = {"error": f"backend {_fmt(backend)} unreachable: {error}", "service": _fmt(backend),
-                "step": "backend-connect", "reason": "backend-unreachable", "failed": []}
+    async def _answer_error(self, tls: _TlsSide, body: dict[str, Any], alpn: str | None, status: int) -> None:
+        """The client gets an answer with the reason, not a bare close: HTTP/1.1 the status with the
+        JSON body (after its request head); HTTP/2 every request a gRPC UNAVAILABLE (or the status)."""
         if alpn == ALPN_H2:
             from proxy.h2answer import GRPC_UNAVAILABLE, H2Answer, answer_h2
 
-            await answer_h2(tls, H2Answer(body, http_status=502, grpc_status=GRPC_UNAVAILABLE))
+            await answer_h2(tls, H2Answer(body, http_status=status, grpc_status=GRPC_UNAVAILABLE))
             return
         import json
 
         if not tls.buf and not await tls.wait_for_data(10):
             return
         raw = json.dumps(body).encode()
-        tls.write(_BACKEND_DOWN % (len(raw), raw))
+        reason = b"Bad Gateway" if status == 502 else b"Service Unavailable"
+        tls.write(_ERROR % (status, reason, len(raw), raw))
 
     # -- one connection -------------------------------------------------------------------
     async def _serve(self, tls: _TlsSide) -> None:
@@ -236,10 +273,18 @@ class Sidecar:
         backend = self.cfg.grpc_backend if alpn == ALPN_H2 else self.cfg.http_backend
         rec: dict[str, Any] = {"conn_id": cid, "peer": _fmt(peer), "alpn": alpn, "tls_version": sslobj.version() if sslobj else None,
                                "cipher": cipher[0] if cipher else None, "cert_sha256": self.cert_sha256, "backend": _fmt(backend)}
+        over_limit = len(self._conns) >= self.cfg.max_connections
         self._conns.add(tls)
+        tls.moved_at = asyncio.get_running_loop().time()
         self.metrics.open.inc()
         result = "ok"
         try:
+            if over_limit:
+                result = "too-many-connections"
+                self.metrics.errors.labels("too-many-connections").inc()
+                await self._answer_error(tls, {"error": f"the sidecar's connection limit ({self.cfg.max_connections}) is reached",
+                                               "step": "limits", "reason": "too-many-connections", "failed": []}, alpn, 503)
+                return
             if backend is None:
                 result = "no-backend"
                 return
@@ -250,16 +295,19 @@ class Sidecar:
                 result = "backend-unreachable"
                 rec["error"] = f"{type(e).__name__}: {e}"
                 self.metrics.errors.labels("backend-connect").inc()
-                await self._answer_backend_down(tls, backend, rec["error"], alpn)
+                await self._answer_error(tls, {"error": f"backend {_fmt(backend)} unreachable: {rec['error']}", "service": _fmt(backend),
+                                               "step": "backend-connect", "reason": "backend-unreachable", "failed": []}, alpn, 502)
                 return
             await splice(tls, up)
             rec["bytes_from_client"] = tls.bytes_in
             rec["bytes_from_backend"] = up.bytes_in
-            self.metrics.bytes.labels("to_backend").inc(tls.bytes_in)
-            self.metrics.bytes.labels("to_client").inc(up.bytes_in)
+            if tls.idle_closed:
+                result = "idle-timeout"
+                rec["idle_timeout_s"] = self.cfg.idle_timeout
         finally:
             if result != "ok":
                 tls.close()
+            self._count(tls)
             self._conns.discard(tls)
             if not self._conns:
                 self._went_idle()
@@ -268,7 +316,7 @@ class Sidecar:
             self.log.write("connection", result=result, duration_ms=round((time.perf_counter() - t0) * 1e3, 3), **rec)
 
 
-_BACKEND_DOWN = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+_ERROR = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
 
 
 def _fmt(addr: Any) -> str | None:

@@ -1,0 +1,112 @@
+"""The sidecar's limits and recovery: connection limit, idle timeout, rotation retried after a failure."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from datetime import timedelta
+
+import pytest
+
+from sidecar.server import Sidecar
+from tests.pair import HttpBackend, pair, start_pair
+from tests.test_sidecar import http_get, tls_connect
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def backend():
+    b = HttpBackend()
+    yield b
+    b.stop()
+
+
+def _wait(what: str, cond, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _restarted(tmp_path, backend, *flags: str):
+    p = start_pair(tmp_path, http_backend=backend.addr)
+    p._sidecar_argv += list(flags)
+    p.restart_sidecar()
+    return p
+
+
+def test_past_the_connection_limit_a_client_gets_503_naming_it(tmp_path, backend):
+    p = _restarted(tmp_path, backend, "--max-connections", "1")
+    try:
+        with tls_connect(p.sidecar_addr, ["http/1.1"]) as first:
+            assert http_get(first, "/hello") == b"hello from the backend"
+            with tls_connect(p.sidecar_addr, ["http/1.1"]) as second:
+                second.sendall(b"GET /hello HTTP/1.1\r\nHost: inference.test\r\n\r\n")
+                data = b""
+                while chunk := second.recv(65536):
+                    data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 ")
+            reason = json.loads(body)
+            assert reason["reason"] == "too-many-connections" and "(1)" in reason["error"]
+            assert http_get(first, "/hello") == b"hello from the backend", "the connection within the limit carries on"
+        _wait("the log line", lambda: any(c["result"] == "too-many-connections" for c in p.sidecar_events("connection")))
+        assert p.metric(p.sidecar_admin_url, "ratls_sidecar_errors_total", kind="too-many-connections") == 1
+    finally:
+        p.stop()
+
+
+def test_an_idle_connection_is_closed_and_logged(tmp_path, backend):
+    p = _restarted(tmp_path, backend, "--idle-timeout", "1")
+    try:
+        with tls_connect(p.sidecar_addr, ["http/1.1"]) as s:
+            assert http_get(s, "/hello") == b"hello from the backend"
+            t0 = time.monotonic()
+            s.settimeout(10)
+            assert s.recv(100) == b""
+            assert 0.9 <= time.monotonic() - t0 < 5
+        _wait("the log line", lambda: p.sidecar_events("connection"))
+        conn = p.sidecar_events("connection")[-1]
+        assert conn["result"] == "idle-timeout" and conn["idle_timeout_s"] == 1
+        # byte counters: what crossed is counted once (sweeps, then the close, add up to the totals)
+        assert p.metric(p.sidecar_admin_url, "ratls_sidecar_bytes_total", direction="to_backend") == conn["bytes_from_client"]
+        assert p.metric(p.sidecar_admin_url, "ratls_sidecar_bytes_total", direction="to_client") == conn["bytes_from_backend"]
+    finally:
+        p.stop()
+
+
+def test_a_failed_rotation_is_retried_soon_not_a_period_later(tmp_path, backend):
+    calls = {"n": 0}
+
+    def factory(cfg):
+        real = cfg.attest
+
+        def flaky(report_data: bytes):
+            calls["n"] += 1
+            if calls["n"] in (2, 3):  # the first rotation and its first retry fail
+                raise OSError("evidence provider unavailable")
+            return real(report_data)
+
+        # lifetime 60 s, rotation at 50%: a period of 30 s, far longer than the test waits
+        return Sidecar(dataclasses.replace(cfg, attest=flaky, lifetime=timedelta(seconds=60), rotate_at=0.5))
+
+    with pair(tmp_path, http_backend=backend.addr, sidecar_factory=factory) as p:
+        sc = p._sidecar
+        first = sc.cert_sha256
+        sc._rotator.cancel()
+        p._lt.call(_start_rotator_now(sc))
+        _wait("a new certificate after two failures", lambda: len(p.sidecar_events("certificate")) >= 2, timeout=20)
+        failed = p.sidecar_events("rotation-failed")
+        assert [(f["attempt"], f["retry_in_s"]) for f in failed] == [(1, 1.0), (2, 2.0)]
+        assert "evidence provider unavailable" in failed[0]["error"] and failed[0]["current_expires_in_s"] > 0
+        assert sc.cert_sha256 != first
+        assert p.metric(p.sidecar_admin_url, "ratls_sidecar_errors_total", kind="rotation") == 2
+
+
+async def _start_rotator_now(sc: Sidecar) -> None:
+    """Run the rotation loop with its first rotation due at once (the period is 30 s)."""
+    import asyncio
+
+    sc._rotator = asyncio.get_running_loop().create_task(sc._rotate_forever(first_in=0.0))
