@@ -354,7 +354,7 @@ def verify_certificate(
         with trail.step("evidence-age") as s:
             age = max(0, int((options.now - rc.cert.not_valid_before_utc).total_seconds()))
             claims[EVIDENCE_AGE] = age
-            s.detail = f"{age} s"
+            s.detail = f"{age} s since the certificate's notBefore (issuers backdate it for clock skew: ours by 60 s)"
     except EvidenceError as e:
         return CertVerdict(digest, etype, trail.steps, claims, e)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,12 @@ def test_demo_runs_and_stops_everything(tmp_path):
     assert "HTTP 200" in text and '"model_name":"digits"' in text
     assert "ADMIT triton.demo:8001" in text and "REFUSE triton.demo:8000" in text and "HTTP 502" in text
     assert '"claim": "x-ms-sevsnpvm-launchmeasurement"' in text
+    # the raw handshake log line, as a reviewer reads it in proxy.log
+    raw = text.split("the line itself", 1)[1].splitlines()[1]
+    line = json.loads(raw)
+    assert line["event"] == "handshake" and line["decision"] == "admit" and line["evidence_type"] == "sim"
+    assert line["steps"] and line["policy"] and line["cert_sha256"]
+    assert "✗" not in text.split("== Done", 1)[1], "every closing check passed"
     # every server it started is gone (their command lines name the demo's directory or ports)
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path) not in ps
