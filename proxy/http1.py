@@ -119,22 +119,28 @@ def _split_head(buf: bytes | bytearray, max_head: int) -> tuple[list[bytes], int
         return None
     if end > max_head:
         raise HttpError(431, f"message head larger than {max_head} bytes")
-    lines = bytes(buf[:end]).split(b"\r\n")
-    return lines, end + 4
+    block = bytes(buf[:end])
+    # one scan of the whole head instead of three per header: a CR or LF outside CRLF, or a NUL
+    crlf = block.count(b"\r\n")
+    if block.count(b"\r") != crlf or block.count(b"\n") != crlf or b"\x00" in block:
+        raise HttpError(400, "control character (bare CR or LF, or NUL) in the message head")
+    return block.split(b"\r\n"), end + 4
+
+
+#: ``name: value`` with a token name and no leading whitespace (folding); OWS around the value dropped
+_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*")
 
 
 def _headers(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
+    match = _HEADER_LINE.fullmatch
     for line in lines:
-        if not line or line[0] in b" \t":
-            raise HttpError(400, "obsolete header line folding is not accepted")
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
+        m = match(line)
+        if m is None:
+            if not line or line[0] in b" \t":
+                raise HttpError(400, "obsolete header line folding is not accepted")
             raise HttpError(400, f"malformed header line {line[:60]!r}")
-        value = value.strip(b" \t")
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
-            raise HttpError(400, f"control character in header {name.decode()!r}")
-        out.append((name, value))
+        out.append(m.groups())  # type: ignore[arg-type]
     return out
 
 
