@@ -195,6 +195,20 @@ def test_markdown_and_json_report(tmp_path):
     assert json.loads((tmp_path / "suite-tls-h1-1k-c16.json").read_text())["runs"][0]["ratios"] == {"nginx": 0.8}
 
 
+def test_readme_block_is_replaced_between_its_markers_only():
+    scs = _scenarios(800.0, 1000.0)
+    goals = [report.evaluate(g, scs) for g in report.GOALS]
+    meta = {"date": "2026-01-01 00:00 UTC", "machine": "2 cores (Test CPU)", "commit": "abc123", "duration_s": 3, "rounds": 3}
+    section = report.readme_section(goals, meta)
+    assert "2026-01-01 00:00 UTC, 2 cores (Test CPU), commit `abc123`" in section
+    assert "| sidecar ≥ 1.0× nginx, 1 KB, h1 c16 | 0.80× | 1.0× | **missed** (-20.0%) |" in section
+    text = f"# t\n\nbefore\n{report.README_BEGIN}\nold table\n{report.README_END}\nafter\n"
+    new = report.update_readme(text, section)
+    assert new.startswith("# t\n\nbefore\n") and new.endswith("\nafter\n") and "old table" not in new and section in new
+    assert report.update_readme(new, section) == new  # idempotent
+    assert report.update_readme("no markers here", section) == "no markers here"
+
+
 def test_rounds_combine_to_the_lower_median_and_keep_every_rate():
     from bench.suite.runner import Spec, Suite
 

@@ -92,17 +92,7 @@ def markdown(scenarios: dict[str, dict], goals: list[dict], meta: dict) -> str:
              "Ratios compare subjects measured in the same run with the same load generator and the same backend (nginx",
              "serving 1 KB / sinking POSTs). On a 2-core machine shared with the load generator and the backend (and, here,",
              "with other jobs), absolute numbers are noisy; the ratios are what the goals are about.", "",
-             "## Goals", "", "| goal | measured | target | result |", "|---|---|---|---|"]
-    for g in goals:
-        unit = "×" if g["kind"] == "ratio" else " MB"
-        if g["met"] is None:
-            res = g["note"]
-        else:
-            word = "met" if g["met"] else "**missed**"
-            by = f"{abs(g['margin_pct'])}{'%' if g['kind'] != 'idle' else ' MB'}"
-            res = f"{word} ({'+' if g['met'] else '-'}{by})" + (f"; {g['note']}" if g["note"] else "")
-        lines.append(f"| {g['goal']} | {_fmt(g['measured'], 2 if g['kind'] == 'ratio' else 1)}{unit if g['measured'] is not None else ''} "
-                     f"| {g['target']}{unit} | {res} |")
+             "## Goals", "", *goals_table(goals)]
     lines += ["", "## Scenarios", ""]
     for sid, sc in scenarios.items():
         lines.append(f"### {sid}: {sc['title']}")
@@ -134,6 +124,41 @@ def markdown(scenarios: dict[str, dict], goals: list[dict], meta: dict) -> str:
     if meta.get("notes"):
         lines += [meta["notes"], ""]
     return "\n".join(lines)
+
+
+README_BEGIN = "<!-- bench:goals:begin (written by bench/run.py) -->"
+README_END = "<!-- bench:goals:end -->"
+
+
+def goals_table(goals: list[dict]) -> list[str]:
+    lines = ["| goal | measured | target | result |", "|---|---|---|---|"]
+    for g in goals:
+        unit = "×" if g["kind"] == "ratio" else " MB"
+        if g["met"] is None:
+            res = g["note"]
+        else:
+            word = "met" if g["met"] else "**missed**"
+            by = f"{abs(g['margin_pct'])}{'%' if g['kind'] != 'idle' else ' MB'}"
+            res = f"{word} ({'+' if g['met'] else '-'}{by})" + (f"; {g['note']}" if g["note"] else "")
+        lines.append(f"| {g['goal']} | {_fmt(g['measured'], 2 if g['kind'] == 'ratio' else 1)}{unit if g['measured'] is not None else ''} "
+                     f"| {g['target']}{unit} | {res} |")
+    return lines
+
+
+def readme_section(goals: list[dict], meta: dict) -> str:
+    """The block the top-level README shows: the latest full run's goals, its date, machine and commit."""
+    head = [README_BEGIN, f"Latest full run: {meta['date']}, {meta['machine']}, commit `{meta['commit']}` "
+            f"({meta.get('rounds', 1)} interleaved rounds of {meta['duration_s']} s, median; every scenario in "
+            "[bench/results/README.md](bench/results/README.md), why goals are missed in [bench/README.md](bench/README.md#findings)).", ""]
+    return "\n".join([*head, *goals_table(goals), README_END])
+
+
+def update_readme(text: str, section: str) -> str:
+    """``text`` with the block between the markers replaced by ``section`` (unchanged if there are no markers)."""
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        return text
+    return text[:start] + section + text[end + len(README_END):]
 
 
 def add_ratios(scenario: dict) -> None:

@@ -459,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
             "notes": a.notes.read_text() if a.notes and a.notes.exists() else ""}
     report.write_json(a.out, suite.scenarios, goals, meta)
     (a.out / "README.md").write_text(report.markdown(suite.scenarios, goals, meta))
+    if not a.only and a.out.resolve() == (REPO / "bench" / "results").resolve():  # a full run into the committed results
+        readme = REPO / "README.md"
+        readme.write_text(report.update_readme(readme.read_text(), report.readme_section(goals, meta)))
     chart = report.write_chart(a.out, suite.scenarios, goals)
     print(f"[bench] wrote {a.out}/README.md, suite-*.json{', ' + str(chart) if chart else ' (no chart: matplotlib missing)'}")
     for g in goals:
