@@ -90,10 +90,13 @@ def test_wire_format_matches_tensorflow_field_numbers():
     assert req.model_spec.name == "m" and req.model_spec.signature_name == "s"
     assert req.inputs["x"].dtype == types_pb2.DT_FLOAT
     assert predict_pb2.PredictRequest.DESCRIPTOR.full_name == "tensorflow.serving.PredictRequest"
-    assert prediction_service_pb2_grpc.PredictionServiceStub is not None
+    # the gRPC method path real TF Serving clients call, and its message types
     from client.tfserving import prediction_service_pb2
 
-    assert prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name == "tensorflow.serving.PredictionService"
+    svc = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
+    assert svc.full_name == "tensorflow.serving.PredictionService"
+    predict = svc.methods_by_name["Predict"]
+    assert (predict.input_type.full_name, predict.output_type.full_name) == ("tensorflow.serving.PredictRequest", "tensorflow.serving.PredictResponse")
 
 
 @pytest.fixture(scope="module")

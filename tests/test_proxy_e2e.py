@@ -249,7 +249,7 @@ def test_in_flight_request_gets_an_explicit_error_when_the_sidecar_dies(p):
     p.restart_sidecar()
     t.join(20)
     assert not t.is_alive(), "the client must not hang"
-    assert result.get("status") == 502 or isinstance(result.get("error"), requests.ConnectionError), result
+    assert result.get("status") == 502, f"nothing of the response had gone out: the client gets an explicit 502, not a cut connection ({result})"
     # and the next request works against the new sidecar
     assert requests.get(f"http://{p.http_service}/hello", proxies={"http": p.proxy_url}, timeout=10).status_code == 200
 
