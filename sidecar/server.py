@@ -154,7 +154,11 @@ class Sidecar:
         no new connection came (a burst of short connections costs one trim, not one each)."""
         if self._trim_handle is not None:
             self._trim_handle.cancel()
-        self._trim_handle = asyncio.get_running_loop().call_later(1.0, self._trim_if_idle)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a connection task closed at shutdown, outside the loop: nothing to trim for
+            return
+        self._trim_handle = loop.call_later(1.0, self._trim_if_idle)
 
     def _trim_if_idle(self) -> None:
         self._trim_handle = None
