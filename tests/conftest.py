@@ -18,6 +18,26 @@ def free_port():
     return _get
 
 
+@pytest.fixture(scope="module")
+def http_backend():
+    """A real HTTP/1.1 backend (tests/pair.py ``HttpBackend``), one per test module."""
+    from tests.pair import HttpBackend
+
+    b = HttpBackend()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def grpc_backend():
+    """A real grpcio echo backend (tests/pair.py ``GrpcEchoBackend``), one per test module."""
+    from tests.pair import GrpcEchoBackend
+
+    b = GrpcEchoBackend()
+    yield b
+    b.stop()
+
+
 @pytest.fixture
 def report(request):
     """``report(what, value)``: a measurement shown in the run's summary (not only in captured output)."""

@@ -273,6 +273,15 @@ def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(5)
 
 
+def wait_for(what: str, cond: Callable[[], Any], timeout: float = 15) -> None:
+    """Poll ``cond`` every 50 ms until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -16,24 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.pair import ByteCountingBackend, GrpcEchoBackend, HttpBackend, free_port, grpc_echo, pair, pattern
+from tests.pair import ByteCountingBackend, free_port, grpc_echo, pair, pattern
 
 pytestmark = pytest.mark.slow
 BIG = 600 * 1000
-
-
-@pytest.fixture(scope="module")
-def http_backend():
-    b = HttpBackend()
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
-def grpc_backend():
-    b = GrpcEchoBackend()
-    yield b
-    b.stop()
 
 
 @pytest.fixture

@@ -12,30 +12,9 @@ import grpc
 import pytest
 import requests
 
-from tests.pair import GrpcEchoBackend, HttpBackend, pair, pattern, sim_policy
+from tests.pair import pair, pattern, sim_policy, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def http_backend():
-    b = HttpBackend()
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
-def grpc_backend():
-    b = GrpcEchoBackend()
-    yield b
-    b.stop()
-
-
-def _wait(what: str, cond, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_sighup_applies_a_new_policy_and_keeps_the_old_one_when_the_new_one_is_bad(tmp_path, http_backend):
@@ -46,28 +25,28 @@ def test_sighup_applies_a_new_policy_and_keeps_the_old_one_when_the_new_one_is_b
         good = p.policy_path.read_text()
         pid = p._procs["proxy"].pid
 
-        def hup_and_wait(event: str) -> dict:
+        def hup_andwait_for(event: str) -> dict:
             n = len(p.proxy_events(event))
             p._procs["proxy"].send_signal(signal.SIGHUP)
-            _wait(event, lambda: len(p.proxy_events(event)) > n)
+            wait_for(event, lambda: len(p.proxy_events(event)) > n)
             return p.proxy_events(event)[-1]
 
         # tighten: another measurement; the pooled connection must not carry on under the old verdict
         p.policy_path.write_text(json.dumps(sim_policy(b"\x42" * 48)))
-        ev = hup_and_wait("reloaded")
+        ev = hup_andwait_for("reloaded")
         assert ev["changed"] == sorted([p.http_service, p.grpc_service]) and ev["needs_restart"] == []
         r = requests.get(url, proxies=proxies, timeout=10)
         assert r.status_code == 502, r.text
         assert [f["claim"] for f in r.json()["failed"]] == ["x-ms-sevsnpvm-launchmeasurement"]
         # a policy that does not load: logged, the running (refusing) configuration stays
         p.policy_path.write_text("{}")
-        ev = hup_and_wait("reload-failed")
+        ev = hup_andwait_for("reload-failed")
         assert "no rules" in ev["error"]
         assert p._procs["proxy"].poll() is None and p._procs["proxy"].pid == pid
         assert requests.get(url, proxies=proxies, timeout=10).status_code == 502
         # and back: admitted again, without a restart
         p.policy_path.write_text(good)
-        hup_and_wait("reloaded")
+        hup_andwait_for("reloaded")
         assert requests.get(url, proxies=proxies, timeout=10).status_code == 200
         assert p.metric(p.proxy_admin_url, "ratls_proxy_errors_total", kind="reload") == 1
 
@@ -121,9 +100,9 @@ def test_bytes_are_counted_while_a_grpc_channel_stays_open(tmp_path, grpc_backen
             def counted(direction: str) -> float:
                 return p.metric(p.proxy_admin_url, "ratls_proxy_bytes_total", direction=direction)
 
-            _wait("the counters", lambda: counted("from_client") >= 200_000 and counted("to_client") >= 200_000)
+            wait_for("the counters", lambda: counted("from_client") >= 200_000 and counted("to_client") >= 200_000)
             assert p.metric(p.proxy_admin_url, "ratls_proxy_client_connections") == 1, "the channel (tunnel) is still open"
             assert counted("to_sidecar") >= 200_000 and counted("from_sidecar") >= 200_000
         # closing adds only what was not counted yet: totals stay equal to what crossed, not doubled
-        _wait("the tunnel to close", lambda: p.metric(p.proxy_admin_url, "ratls_proxy_client_connections") == 0)
+        wait_for("the tunnel to close", lambda: p.metric(p.proxy_admin_url, "ratls_proxy_client_connections") == 0)
         assert counted("from_client") < 2 * 200_000

@@ -10,35 +10,21 @@ from datetime import timedelta
 import pytest
 
 from sidecar.server import Sidecar
-from tests.pair import HttpBackend, pair, start_pair
+from tests.pair import pair, start_pair, wait_for
 from tests.test_sidecar import http_get, tls_connect
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def backend():
-    b = HttpBackend()
-    yield b
-    b.stop()
-
-
-def _wait(what: str, cond, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def _restarted(tmp_path, backend, *flags: str):
-    p = start_pair(tmp_path, http_backend=backend.addr)
+def _restarted(tmp_path, http_backend, *flags: str):
+    p = start_pair(tmp_path, http_backend=http_backend.addr)
     p._sidecar_argv += list(flags)
     p.restart_sidecar()
     return p
 
 
-def test_past_the_connection_limit_a_client_gets_503_naming_it(tmp_path, backend):
-    p = _restarted(tmp_path, backend, "--max-connections", "1")
+def test_past_the_connection_limit_a_client_gets_503_naming_it(tmp_path, http_backend):
+    p = _restarted(tmp_path, http_backend, "--max-connections", "1")
     try:
         with tls_connect(p.sidecar_addr, ["http/1.1"]) as first:
             assert http_get(first, "/hello") == b"hello from the backend"
@@ -52,14 +38,14 @@ def test_past_the_connection_limit_a_client_gets_503_naming_it(tmp_path, backend
             reason = json.loads(body)
             assert reason["reason"] == "too-many-connections" and "(1)" in reason["error"]
             assert http_get(first, "/hello") == b"hello from the backend", "the connection within the limit carries on"
-        _wait("the log line", lambda: any(c["result"] == "too-many-connections" for c in p.sidecar_events("connection")))
+        wait_for("the log line", lambda: any(c["result"] == "too-many-connections" for c in p.sidecar_events("connection")))
         assert p.metric(p.sidecar_admin_url, "ratls_sidecar_errors_total", kind="too-many-connections") == 1
     finally:
         p.stop()
 
 
-def test_an_idle_connection_is_closed_and_logged(tmp_path, backend):
-    p = _restarted(tmp_path, backend, "--idle-timeout", "1")
+def test_an_idle_connection_is_closed_and_logged(tmp_path, http_backend):
+    p = _restarted(tmp_path, http_backend, "--idle-timeout", "1")
     try:
         with tls_connect(p.sidecar_addr, ["http/1.1"]) as s:
             assert http_get(s, "/hello") == b"hello from the backend"
@@ -67,7 +53,7 @@ def test_an_idle_connection_is_closed_and_logged(tmp_path, backend):
             s.settimeout(10)
             assert s.recv(100) == b""
             assert 0.9 <= time.monotonic() - t0 < 5
-        _wait("the log line", lambda: p.sidecar_events("connection"))
+        wait_for("the log line", lambda: p.sidecar_events("connection"))
         conn = p.sidecar_events("connection")[-1]
         assert conn["result"] == "idle-timeout" and conn["idle_timeout_s"] == 1
         # byte counters: what crossed is counted once (sweeps, then the close, add up to the totals)
@@ -77,7 +63,7 @@ def test_an_idle_connection_is_closed_and_logged(tmp_path, backend):
         p.stop()
 
 
-def test_a_failed_rotation_is_retried_soon_not_a_period_later(tmp_path, backend):
+def test_a_failed_rotation_is_retried_soon_not_a_period_later(tmp_path, http_backend):
     calls = {"n": 0}
 
     def factory(cfg):
@@ -92,12 +78,12 @@ def test_a_failed_rotation_is_retried_soon_not_a_period_later(tmp_path, backend)
         # lifetime 60 s, rotation at 50%: a period of 30 s, far longer than the test waits
         return Sidecar(dataclasses.replace(cfg, attest=flaky, lifetime=timedelta(seconds=60), rotate_at=0.5))
 
-    with pair(tmp_path, http_backend=backend.addr, sidecar_factory=factory) as p:
+    with pair(tmp_path, http_backend=http_backend.addr, sidecar_factory=factory) as p:
         sc = p._sidecar
         first = sc.cert_sha256
         sc._rotator.cancel()
         p._lt.call(_start_rotator_now(sc))
-        _wait("a new certificate after two failures", lambda: len(p.sidecar_events("certificate")) >= 2, timeout=20)
+        wait_for("a new certificate after two failures", lambda: len(p.sidecar_events("certificate")) >= 2, timeout=20)
         failed = p.sidecar_events("rotation-failed")
         assert [(f["attempt"], f["retry_in_s"]) for f in failed] == [(1, 1.0), (2, 2.0)]
         assert "evidence provider unavailable" in failed[0]["error"] and failed[0]["current_expires_in_s"] > 0
