@@ -110,6 +110,9 @@ def test_rotation_new_connections_get_the_new_certificate_open_ones_carry_on(tmp
         old.close()
         r = requests.get(f"http://{pr.http_service}/hello", proxies={"http": pr.proxy_url}, timeout=10)
         assert r.status_code == 200
+        # the proxy verified a rotated certificate from its evidence (a new hash is never a cache hit)
+        hs = pr.proxy_events("handshake")[-1]
+        assert hs["decision"] == "admit" and hs["cert_sha256"] != first and hs["cached"] is False
     finally:
         pr.stop()
 
