@@ -15,8 +15,11 @@ Secure defaults are added as *implicit* rules, each visible in the result so a r
 
 * simulated evidence (``x-ms-attestation-type: sim``) passes only a policy whose
   ``x-ms-attestation-type`` rule names ``sim``;
-* a debuggable TEE fails unless the policy names its ``*-is-debuggable`` claim;
-* a TCB status other than ``UpToDate`` fails unless the policy names ``tcb-status``;
+* a debuggable TEE fails unless the policy names one of its debug claims: claims ending in
+  ``-is-debuggable`` (or ``_is_debuggable``), Azure's TDX ``tdx_td_attributes_debug`` and the EAT
+  ``dbgstat``; the SGX ``is-debuggable`` of older Azure tokens counts too;
+* a TCB status other than ``UpToDate`` fails unless the policy names ``tcb-status`` or Azure's
+  ``attester_tcb_status``;
 * evidence older than :data:`DEFAULT_MAX_AGE_S` fails unless the policy bounds
   ``evidence-age-seconds`` itself;
 * stale collateral (Intel TCB info, QE identity or a CRL past its next update) fails unless the
@@ -28,6 +31,16 @@ Secure defaults are added as *implicit* rules, each visible in the result so a r
 
 The last two are added whenever the verifier reports the claim, so a passing DCAP verdict shows
 them too; they are why "the quote's signatures verify" is not enough to admit Intel evidence.
+
+Aliases: TDX evidence states its debug bit three times (``x-ms-tdxvm-is-debuggable``,
+``tdx_td_attributes_debug``, ``dbgstat``) and its TCB status twice (``tcb-status``,
+``attester_tcb_status``), under ratls's and Azure Attestation's names (:data:`ALIASES`). Each
+alias set is one decision: a policy naming *any* of the evidence's claims of a set decides it by
+its own rule(s) alone, and no implicit rule is added for the others; a policy naming none of them
+gets one implicit rule per claim of the set the evidence carries (shown when they pass too), and
+any one saying debug (or a TCB status other than ``UpToDate``) refuses. So admitting a debug TD
+takes naming one of its debug claims, under any of its names, and nothing else admits it. A debug
+claim outside every alias set is a set of its own: naming it lifts the default for it alone.
 
 Keys starting with ``$`` are metadata (``$name``, ``$comment``) and are not rules. There is no
 accept-all policy: an empty policy is rejected when loaded.
@@ -51,6 +64,21 @@ COLLATERAL_STALE = "collateral-stale"
 CRL_CHECKED = "crl-checked"
 QE_IDENTITY_CHECKED = "qe-identity-checked"
 DEBUG_SUFFIX = "-is-debuggable"
+#: debug claims whose names do not end in DEBUG_SUFFIX: Azure's TDX EAT profile bit, the EAT debug
+#: status, Azure's deprecated SGX name, Intel Trust Authority's suffix
+DBGSTAT = "dbgstat"
+DEBUG_CLAIMS = frozenset({"tdx_td_attributes_debug", DBGSTAT, "is-debuggable"})
+DEBUG_SUFFIXES = (DEBUG_SUFFIX, "_is_debuggable")
+ATTESTER_TCB_STATUS = "attester_tcb_status"
+#: claims that carry the TCB status (ratls's name first)
+TCB_STATUS_CLAIMS = (TCB_STATUS, ATTESTER_TCB_STATUS)
+#: names of one fact (ratls's, Azure Attestation's, Intel Trust Authority's): a policy naming one
+#: of them decides it for all
+ALIASES: tuple[frozenset[str], ...] = (
+    frozenset({"x-ms-tdxvm-is-debuggable", "tdx_td_attributes_debug", DBGSTAT, "tdx_is_debuggable"}),
+    frozenset({"x-ms-sgx-is-debuggable", "is-debuggable"}),
+    frozenset(TCB_STATUS_CLAIMS),
+)
 POLICY_SIGNER = "x-ms-policy-signer"
 SIM_TYPE = "sim"
 DEFAULT_MAX_AGE_S = 24 * 3600
@@ -209,6 +237,30 @@ def _names_sim(constraint: Any) -> bool:
     return constraint == SIM_TYPE
 
 
+def is_debug_claim(claim: str) -> bool:
+    """Whether a claim states that the TEE is (or is not) debuggable, under any name ratls knows."""
+    return claim in DEBUG_CLAIMS or claim.endswith(DEBUG_SUFFIXES)
+
+
+def _decided(policy: Policy, claim: str) -> bool:
+    """Whether the policy names the claim or one of its aliases (so its own rules decide that fact)."""
+    return claim in policy.rules or any(claim in group and not group.isdisjoint(policy.rules) for group in ALIASES)
+
+
+def _aliases_in(claim: str, claims: Mapping[str, Any]) -> list[str]:
+    """The claim and those of its aliases the evidence carries, in the evidence's order."""
+    group = next((g for g in ALIASES if claim in g), frozenset({claim}))
+    return [c for c in claims if c in group]
+
+
+def _not_debug(claim: str, actual: Any) -> tuple[Any, bool]:
+    """(expected, ok) of the implicit rule: a boolean claim must be exactly ``false``, ``dbgstat`` one
+    of EAT's ``disabled*`` values; anything else (a wrong type included) refuses."""
+    if claim == DBGSTAT:
+        return "disabled", isinstance(actual, str) and actual.startswith("disabled")
+    return False, actual is False
+
+
 def evaluate(policy: Policy, claims: Mapping[str, Any]) -> PolicyResult:
     """Every rule, explicit then implicit, with expected, actual and ok. Never stops at the first."""
     rules: list[Rule] = []
@@ -226,12 +278,17 @@ def evaluate(policy: Policy, claims: Mapping[str, Any]) -> PolicyResult:
         rules.append(Rule(ATTESTATION_TYPE, "a policy naming 'sim'", etype, False, True, "simulated TEE is trusted only by a policy that names it"))
 
     for claim, actual in claims.items():
-        if claim.endswith(DEBUG_SUFFIX) and claim not in policy.rules:
-            rules.append(Rule(claim, False, actual, actual is False, True, "" if actual is False else "debug TEE refused: the policy does not admit it by name"))
+        if is_debug_claim(claim) and not _decided(policy, claim):
+            expected, ok = _not_debug(claim, actual)
+            names = " or ".join(_aliases_in(claim, claims))
+            rules.append(Rule(claim, expected, actual, ok, True, "" if ok else f"debug TEE refused: the policy does not admit it by name ({names})"))
 
-    if TCB_STATUS not in policy.rules and TCB_STATUS in claims:
-        status = claims[TCB_STATUS]
-        rules.append(Rule(TCB_STATUS, GOOD_TCB, status, status == GOOD_TCB, True, "" if status == GOOD_TCB else "TCB not up to date: name tcb-status in the policy to admit it"))
+    for claim in TCB_STATUS_CLAIMS:
+        if claim in claims and not _decided(policy, claim):
+            status = claims[claim]
+            ok = status == GOOD_TCB
+            names = " or ".join(_aliases_in(claim, claims))
+            rules.append(Rule(claim, GOOD_TCB, status, ok, True, "" if ok else f"TCB not up to date: name {names} in the policy to admit it"))
 
     if COLLATERAL_STALE not in policy.rules and claims.get(COLLATERAL_STALE) is True:
         rules.append(Rule(COLLATERAL_STALE, False, True, False, True, "collateral past its next update: name collateral-stale in the policy to admit it"))

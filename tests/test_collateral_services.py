@@ -197,7 +197,7 @@ def test_service_getter_without_options_is_none():
 def test_bare_certificate_refused_without_collateral(pki, trust_test_root):
     v = proxy_verdict(proxy_config([]), bare_certificate(pki))
     assert v.verified and not v.ok
-    assert {r.claim for r in v.policy.failed} == {"crl-checked", "qe-identity-checked", "tcb-status"}
+    assert {r.claim for r in v.policy.failed} == {"crl-checked", "qe-identity-checked", "tcb-status", "attester_tcb_status"}
 
 
 def test_proxy_collateral_from_cache_dir_only(pki, trust_test_root, tmp_path):

@@ -74,9 +74,11 @@ def test_gcp_spr_v4_no_collateral_is_unknown():
     assert c["pck-fmspc"] == "00806f050000"
     step = next(s for s in v.steps if s.name == "tcb-level-match")
     assert "Unknown" in step.detail
-    # the implicit policy rule refuses a TCB status that is not UpToDate unless the policy names it
+    # the implicit policy rules refuse a TCB status that is not UpToDate (under both of its names)
+    # unless the policy names it
     pol = Policy.from_mapping({"x-ms-attestation-type": "tdxvm"})
-    assert {r.claim for r in pol.evaluate({**c, "evidence-age-seconds": 0}).failed} == {"tcb-status", "crl-checked", "qe-identity-checked"}
+    failed = {r.claim for r in pol.evaluate({**c, "evidence-age-seconds": 0}).failed}
+    assert failed == {"tcb-status", "attester_tcb_status", "crl-checked", "qe-identity-checked"}
     # no collateral at all: each unchecked part is admitted only by naming it
     unchecked = {"tcb-status": ["UpToDate", "Unknown"], "crl-checked": False, "qe-identity-checked": False}
     assert Policy.from_mapping({"x-ms-attestation-type": "tdxvm", **unchecked}).evaluate({**c, "evidence-age-seconds": 0}).ok
@@ -149,6 +151,8 @@ def test_spr_v4_debug_td_refused_by_policy():
     res = pol.evaluate({**c, "evidence-age-seconds": 0})
     assert not res.ok
     assert any(r.claim == "x-ms-tdxvm-is-debuggable" for r in res.failed)
+    # refused under each of its names: Azure's EAT profile ones too (tests/test_azure_eat_claims.py)
+    assert {r.claim for r in res.failed} == {"x-ms-tdxvm-is-debuggable", "tdx_td_attributes_debug", "dbgstat", "crl-checked", "qe-identity-checked"}
 
 
 def test_azure_td_quote():

@@ -8,7 +8,7 @@ Layers (parse, verify, then the policy validates claims):
 * :mod:`.tcb` -- ``TcbStatus`` (severity, merge) and TCB-level matching
 * :mod:`.verify` -- ``verify_tdx_evidence`` / ``verify_sgx_evidence`` (registered in
   ``ratls.evidence.VERIFIERS``), dcap-qvl as the engine, named steps
-* :mod:`.claims` -- ``x-ms-tdxvm-*`` / ``x-ms-sgx-*`` claims
+* :mod:`.claims` -- Azure's TDX EAT profile claims (``tdx_*``) with their ``x-ms-tdxvm-*`` aliases, ``x-ms-sgx-*``
 * :mod:`.gramine` -- Gramine's legacy RA-TLS binding and rules as a policy
 * :mod:`.azure` -- Azure CVM HCL report (runtime data bound to the TD quote or the SNP report)
 * :mod:`.roots` -- the pinned Intel SGX Root CA key and TCB Signing certificates

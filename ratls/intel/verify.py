@@ -453,6 +453,8 @@ def _claims(ctx: _Ctx) -> dict[str, Any]:
             "qe-svn": ctx.q.qe_report.isv_svn,
         }
     )
+    if ctx.tee == "tdx":
+        c.update(claims_mod.attester_claims(ctx.verdict.status.value, ctx.verdict.advisory_ids))
     if ctx.stale:
         c["collateral-stale-items"] = list(ctx.stale)
     return c
