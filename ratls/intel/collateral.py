@@ -173,10 +173,15 @@ def parse_signed_json(data: bytes) -> SignedJson:
 
 
 def parse_crl(data: bytes) -> x509.CertificateRevocationList:
-    """A CRL in DER, PEM, or hex of DER (PCCS serves hex). Raises CollateralError only."""
-    data = data.strip()
-    if re.fullmatch(rb"[0-9a-fA-F]+", data or b"x") and len(data) % 2 == 0:
-        data = binascii.unhexlify(data)
+    """A CRL in DER, PEM, or hex of DER (PCCS serves hex). Raises CollateralError only.
+
+    Only the text forms are stripped of surrounding whitespace: DER is binary, and its last byte
+    (part of a random signature) is a whitespace byte in about 2% of CRLs."""
+    text = data.strip()
+    if re.fullmatch(rb"[0-9a-fA-F]+", text or b"x") and len(text) % 2 == 0:
+        data = binascii.unhexlify(text)
+    elif text.startswith(b"-----BEGIN"):
+        data = text
     try:
         if data.startswith(b"-----BEGIN"):
             return x509.load_pem_x509_crl(data)
