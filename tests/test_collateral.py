@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,56 +10,25 @@ from ratls.errors import CollateralError, Reason, UsageError
 from ratls.evidence import Evidence, EvidenceType, VerifyOptions, verify_evidence
 from ratls.intel.collateral import Collateral, classify, parse_crl, parse_pem_chain, parse_signed_json
 from ratls.io.collateral import CHAIN_KEY, CacheDir, ChainGetter, PccsGetter
+from tests.fake_pccs import FakePccs
 from tests.vectors import read, ref_time
 
 GNR = "tdx/trustee-gnr-v4-tcbinfo"
 SPR = "tdx/gtg-spr-v4-collateral"
 
 
-class Pccs:
-    """A PCCS on loopback serving the GNR vector's TCB info and TD_QE identity."""
-
-    def __init__(self) -> None:
-        self.hits: list[str] = []
-        routes = {
-            "/tdx/certification/v4/tcb?fmspc=00A06D080000": (read(GNR, "tcbInfo.json"), "TCB-Info-Issuer-Chain"),
-            "/tdx/certification/v4/qe/identity": (read(GNR, "enclaveIdentity.json"), "SGX-Enclave-Identity-Issuer-Chain"),
-            "/sgx/certification/v4/rootcacrl": (read(SPR, "rootcrl.der").hex().encode(), None),
-        }
-        chain = urllib.parse.quote(read(SPR, "tcb_info_issuer_chain.pem").decode())
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.hits.append(self.path)
-                if self.path not in routes:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                body, hdr = routes[self.path]
-                self.send_response(200)
-                if hdr:
-                    self.send_header(hdr, chain)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def gnr_pccs() -> FakePccs:
+    """A PCCS on loopback serving the GNR vector's TCB info and TD_QE identity, and SPR's root CRL as hex."""
+    return FakePccs({
+        "/tdx/certification/v4/tcb?fmspc=00A06D080000": (read(GNR, "tcbInfo.json"), "TCB-Info-Issuer-Chain"),
+        "/tdx/certification/v4/qe/identity": (read(GNR, "enclaveIdentity.json"), "SGX-Enclave-Identity-Issuer-Chain"),
+        "/sgx/certification/v4/rootcacrl": (read(SPR, "rootcrl.der").hex().encode(), None),
+    }, read(SPR, "tcb_info_issuer_chain.pem"))
 
 
 @pytest.fixture(scope="module")
 def pccs():
-    p = Pccs()
+    p = gnr_pccs()
     yield p
     p.close()
 

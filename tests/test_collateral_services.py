@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
-import urllib.parse
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -28,6 +25,7 @@ from ratls.policy import Policy
 from sidecar import cli as scli
 from sidecar import providers
 from tests.dcap_pki import NOW, DcapTestPki
+from tests.fake_pccs import FakePccs
 
 TDX_POLICY = Policy.from_mapping({"x-ms-attestation-type": "tdxvm"})
 
@@ -58,51 +56,19 @@ def fill(cache_dir, pki) -> None:
         c.put(key, blob)
 
 
-class Pccs:
+def pki_pccs(pki: DcapTestPki) -> FakePccs:
     """Intel PCS v4 paths on loopback, serving the test PKI's collateral (root CRL as hex, as PCCS does)."""
-
-    def __init__(self, pki: DcapTestPki) -> None:
-        self.hits: list[str] = []
-        chain = urllib.parse.quote(pki.tcb_chain_pem.decode())
-        routes = {
-            f"/tdx/certification/v4/tcb?fmspc={pki.fmspc.upper()}": (pki.tcb_info, "TCB-Info-Issuer-Chain"),
-            "/tdx/certification/v4/qe/identity": (pki.qe_identity, "SGX-Enclave-Identity-Issuer-Chain"),
-            f"/sgx/certification/v4/pckcrl?ca={pki.ca_kind}&encoding=der": (pki.pck_crl, None),
-            "/sgx/certification/v4/rootcacrl": (pki.root_crl.hex().encode(), None),
-        }
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.hits.append(self.path)
-                if self.path not in routes:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                body, header = routes[self.path]
-                self.send_response(200)
-                if header:
-                    self.send_header(header, chain)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return FakePccs({
+        f"/tdx/certification/v4/tcb?fmspc={pki.fmspc.upper()}": (pki.tcb_info, "TCB-Info-Issuer-Chain"),
+        "/tdx/certification/v4/qe/identity": (pki.qe_identity, "SGX-Enclave-Identity-Issuer-Chain"),
+        f"/sgx/certification/v4/pckcrl?ca={pki.ca_kind}&encoding=der": (pki.pck_crl, None),
+        "/sgx/certification/v4/rootcacrl": (pki.root_crl.hex().encode(), None),
+    }, pki.tcb_chain_pem)
 
 
 @pytest.fixture
 def pccs(pki):
-    p = Pccs(pki)
+    p = pki_pccs(pki)
     yield p
     p.close()
 
