@@ -104,7 +104,9 @@ class H2Answer:
 async def answer_h2(ep: Any, answer: H2Answer, *, linger: float = 1.0, limit: float = 30.0) -> None:
     """Drive ``answer`` over a :class:`~proxy.relay.Endpoint` (BUFFER mode): answer every request
     until the client has been idle for ``linger`` seconds (or ``limit`` passed), then GOAWAY."""
-    loop = ep._loop
+    import asyncio
+
+    loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while not ep.closed and not answer.closed:
         if ep.buf:

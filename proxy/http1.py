@@ -26,7 +26,9 @@ MAX_HEAD = 64 * 1024
 #: limit on one chunk-size line or trailer line
 MAX_LINE = 8 * 1024
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: RFC 9110 token characters (method names, header names)
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_TOKEN = re.compile(rb"^" + _TCHAR + rb"+$")
 _CHUNK_SIZE = re.compile(rb"^([0-9A-Fa-f]{1,16})[ \t]*(;.*)?$")
 _VERSION = re.compile(rb"^HTTP/1\.[01]$")
 HOP_BY_HOP = frozenset(
@@ -128,7 +130,7 @@ def _split_head(buf: bytes | bytearray, max_head: int) -> tuple[list[bytes], int
 
 
 #: ``name: value`` with a token name and no leading whitespace (folding); OWS around the value dropped
-_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*")
+_HEADER_LINE = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*(.*?)[ \t]*")
 
 
 def _headers(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
@@ -406,9 +408,18 @@ def upstream_head(req: Request, path: bytes, host_header: bytes) -> bytes:
     return b"".join(out)
 
 
-def simple_response(status: int, reason: str, body: bytes, content_type: bytes = b"application/json", *, close: bool = False) -> bytes:
-    """A complete small response the proxy itself writes (refusals, errors)."""
-    head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (status, reason.encode(), content_type, len(body))
+#: reason phrases of the statuses ratls answers itself (proxy, sidecar, admin port)
+REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+           431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+           504: "Gateway Timeout"}
+
+
+def simple_response(status: int, body: bytes, content_type: bytes = b"application/json", *, close: bool = False,
+                    head_only: bool = False) -> bytes:
+    """A complete small response ratls writes itself (refusals, errors, the admin port);
+    ``head_only`` answers a HEAD (the length of ``body``, without it)."""
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
+        status, REASONS.get(status, "Error").encode(), content_type, len(body))
     if close:
         head += b"Connection: close\r\n"
-    return head + b"\r\n" + body
+    return head + b"\r\n" + (b"" if head_only else body)

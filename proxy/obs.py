@@ -96,10 +96,6 @@ class AdminServer:
             self._server = None
 
 
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 431: b"Request Header Fields Too Large",
-            503: b"Service Unavailable"}
-
-
 class _AdminConnection:
     """One admin client connection (an ``asyncio.Protocol``)."""
 
@@ -142,9 +138,9 @@ class _AdminConnection:
             self._send(status, ctype, body, head_only=req.method == b"HEAD", close=not req.keep_alive)
 
     def _send(self, status: int, ctype: bytes, body: bytes, *, head_only: bool, close: bool) -> None:
-        head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n" % (
-            status, _REASONS.get(status, b"Error"), ctype, len(body), b"Connection: close\r\n" if close else b"")
-        self.transport.write(head if head_only else head + body)
+        from .http1 import simple_response
+
+        self.transport.write(simple_response(status, body, ctype, close=close, head_only=head_only))
         if close:
             self._close()
 

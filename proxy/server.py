@@ -52,15 +52,13 @@ from .http1 import (
     upstream_head,
 )
 from .obs import JsonLog, next_conn_id, trim_memory, utcnow
-from .relay import Endpoint, Mode, count_bytes, splice
+from .relay import Endpoint, Mode, count_bytes, splice, sweep_period
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: methods retried once when a pooled upstream connection turns out dead (RFC 9110 9.2.2; as Go's http.Transport)
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 ALPN_H2 = "h2"
 ALPN_HTTP1 = "http/1.1"
-REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 431: "Request Header Fields Too Large",
-           501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
 @dataclass
@@ -223,8 +221,8 @@ class Proxy:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._clients: set[_Client] = set()
         self._upstreams: set[Endpoint] = set()
-        #: open tunnels: client endpoint -> [upstream endpoint, bytes seen at the last sweep, loop time they last moved]
-        self._tunnels: dict[Endpoint, list[Any]] = {}
+        #: open tunnels: client endpoint -> its upstream endpoint
+        self._tunnels: dict[Endpoint, Endpoint] = {}
         self._admin: Any = None
         self.port: int | None = None
         #: service -> bound port of its map listener; ``maps_bound`` keeps every (listen, service, port)
@@ -414,8 +412,7 @@ class Proxy:
         to date (so long-lived tunnels show their traffic while it flows)."""
         loop = asyncio.get_running_loop()
         while True:
-            limits = [t for t in (self.cfg.pool_idle_timeout, self.cfg.tunnel_idle_timeout) if t > 0]
-            await asyncio.sleep(min(15.0, max(0.25, min(limits, default=60.0) / 4)))
+            await asyncio.sleep(sweep_period(self.cfg.pool_idle_timeout, self.cfg.tunnel_idle_timeout))
             cutoff = loop.time() - self.cfg.pool_idle_timeout
             for key, pool in self._pool.items():
                 keep = [u for u in pool if u.idle_since >= cutoff and not u.ep.closed]
@@ -434,14 +431,11 @@ class Proxy:
 
     def _sweep_tunnels(self, now: float) -> None:
         limit = self.cfg.tunnel_idle_timeout
-        for c, entry in list(self._tunnels.items()):
-            up = entry[0]
-            moved = c.bytes_in + up.bytes_in
-            if moved != entry[1]:
-                entry[1], entry[2] = moved, now
-            elif limit > 0 and now - entry[2] >= limit:
+        for c, up in list(self._tunnels.items()):
+            idle = c.idle_for(now)  # the client side of a tunnel sees every byte, both ways
+            if limit > 0 and idle >= limit:
                 self.metrics.errors.labels("tunnel-idle").inc()
-                self.log.write("tunnel-closed", reason="idle", idle_s=round(now - entry[2], 1), limit_s=limit,
+                self.log.write("tunnel-closed", reason="idle", idle_s=round(idle, 1), limit_s=limit,
                                bytes_from_client=c.bytes_in, bytes_from_sidecar=up.bytes_in)
                 c.close()
                 up.close()
@@ -472,7 +466,7 @@ class Proxy:
         return self.cfg.routes.get((h.lower(), port))
 
     def _error(self, c: Endpoint, status: int, body: dict[str, Any], *, close: bool) -> None:
-        c.write(simple_response(status, REASONS.get(status, "Error"), json.dumps(body, default=str).encode(), close=close))
+        c.write(simple_response(status, json.dumps(body, default=str).encode(), close=close))
         if close:
             c.close()  # flushes the answer first
 
@@ -681,7 +675,7 @@ class Proxy:
 
     async def _tunnel(self, c: Endpoint, up: Upstream, kind: str) -> None:
         self.metrics.request(kind, "200")
-        self._tunnels[c] = [up.ep, -1, self._loop.time()]
+        self._tunnels[c] = up.ep
         try:
             await splice(c, up.ep)
         finally:

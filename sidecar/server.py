@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from proxy.obs import JsonLog, next_conn_id, trim_memory, utcnow
-from proxy.relay import Endpoint, count_bytes, splice
+from proxy.relay import Endpoint, count_bytes, splice, sweep_period
 from ratls.evidence import Evidence
 
 ALPN_H2 = "h2"
@@ -90,9 +90,7 @@ class _TlsSide(Endpoint):
     def __init__(self, sidecar: Sidecar) -> None:
         super().__init__()
         self.sidecar = sidecar
-        #: bytes both ways at the last sweep, and the loop time they last moved (idle timeout)
-        self.seen = -1
-        self.moved_at = 0.0
+        #: closed by the sweep for passing no byte within ``idle_timeout``
         self.idle_closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -190,14 +188,11 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         limit = self.cfg.idle_timeout
         while True:
-            await asyncio.sleep(min(15.0, max(0.25, limit / 4)) if limit > 0 else 15.0)
+            await asyncio.sleep(sweep_period(limit))
             now = loop.time()
             for tls in list(self._conns):
                 self._count(tls)
-                moved = tls.bytes_in + tls.bytes_out
-                if moved != tls.seen:
-                    tls.seen, tls.moved_at = moved, now
-                elif limit > 0 and now - tls.moved_at >= limit:
+                if tls.idle_for(now) >= limit > 0:
                     tls.idle_closed = True
                     tls.close()
 
@@ -257,11 +252,11 @@ class Sidecar:
             return
         import json
 
+        from proxy.http1 import simple_response
+
         if not tls.buf and not await tls.wait_for_data(10):
             return
-        raw = json.dumps(body).encode()
-        reason = b"Bad Gateway" if status == 502 else b"Service Unavailable"
-        tls.write(_ERROR % (status, reason, len(raw), raw))
+        tls.write(simple_response(status, json.dumps(body).encode(), close=True))
 
     # -- one connection -------------------------------------------------------------------
     async def _serve(self, tls: _TlsSide) -> None:
@@ -279,7 +274,6 @@ class Sidecar:
                                "cipher": cipher[0] if cipher else None, "cert_sha256": self.cert_sha256, "backend": _fmt(backend)}
         over_limit = len(self._conns) >= self.cfg.max_connections
         self._conns.add(tls)
-        tls.moved_at = asyncio.get_running_loop().time()
         self.metrics.open.inc()
         result = "ok"
         try:
@@ -318,9 +312,6 @@ class Sidecar:
             self.metrics.open.dec()
             self.metrics.connections.labels(alpn or "none", result).inc()
             self.log.write("connection", result=result, duration_ms=round((time.perf_counter() - t0) * 1e3, 3), **rec)
-
-
-_ERROR = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
 
 
 def _fmt(addr: Any) -> str | None:
