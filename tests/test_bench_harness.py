@@ -220,3 +220,69 @@ def test_rounds_combine_to_the_lower_median_and_keep_every_rate():
     assert out["round_errors"] == ["LoadError: boom"] and out["group"] == "wrk"
     failed = Suite._combine(spec, [{"error": "RuntimeError: x", "rps": 0}])
     assert failed["error"] == "RuntimeError: x"
+
+
+def _scale(cores: int, rps: dict[str, float]) -> dict:
+    runs = [{"name": n, "role": "subject" if n.startswith("sidecar") else "baseline", "rps": v, "gb_per_s": round(v * 614400 / 1e9, 3),
+             "p50_ms": 1.0, "p99_ms": 2.0, "cpu_ms_per_req": 0.5, "errors": 0, "group": f"w{n.rsplit('w', 1)[1]}"} for n, v in rps.items()]
+    sc = {"id": "scale-600k", "title": "s", "params": {"cores": cores}, "runs": runs}
+    sc["scaling"] = {r["name"]: round(r["rps"] / rps["sidecar-w1"], 2) for r in runs if r["name"].startswith("sidecar-w")}
+    return {"scale-600k": sc}
+
+
+def test_gpu_machine_goals_are_judged_only_on_16_cores():
+    by_text = {g.text: g for g in report.GOALS}
+    scaling = by_text["16 cores: sidecar at 4 workers ≥ 3× 1 worker, 600 KB"]
+    gbps = by_text["16 cores: sidecar ≥ 4 GB/s of 600 KB requests (8 workers)"]
+    small = _scale(2, {"sidecar-w1": 1000.0, "nginx-w1": 1100.0, "sidecar-w2": 1500.0, "nginx-w2": 1900.0})
+    for goal in (scaling, gbps):
+        g = report.evaluate(goal, small)
+        assert g["met"] is None and g["measured"] is None
+        assert g["note"].startswith("not judged: needs 16 cores, this machine has 2")
+        assert "sidecar-w2 0.92 GB/s = 1.5x" in g["note"]  # what 2 cores did measure is still shown
+    big = _scale(16, {"sidecar-w1": 2000.0, "sidecar-w4": 6500.0, "sidecar-w8": 7000.0, "nginx-w1": 2500.0})
+    g = report.evaluate(scaling, big)
+    assert (g["measured"], g["met"]) == (3.25, True)
+    g = report.evaluate(gbps, big)
+    assert (g["measured"], g["met"], g["margin_pct"]) == (4.301, True, 7.5)
+    slow = _scale(16, {"sidecar-w1": 2000.0, "sidecar-w4": 5000.0, "sidecar-w8": 6000.0})
+    assert report.evaluate(scaling, slow)["met"] is False and report.evaluate(gbps, slow)["met"] is False
+    missing = _scale(16, {"sidecar-w1": 2000.0, "sidecar-w4": 6500.0})
+    assert report.evaluate(gbps, missing)["note"] == "not measured: sidecar-w8 did not run"
+    md = "\n".join(report.goals_table([report.evaluate(gbps, big)]))
+    assert "| 4.30 GB/s | 4.0 GB/s | met (+7.5%) |" in md
+
+
+def test_scale_and_resnet_extras_in_the_markdown():
+    scs = _scale(2, {"sidecar-w1": 1000.0, "nginx-w1": 1100.0})
+    scs["resnet50-b8"] = {"id": "resnet50-b8", "title": "r", "device": {"device": "cuda:0", "dtype": "float16"}, "runs": [
+        {"name": "direct", "role": "baseline", "rps": 250.0, "p50_ms": 60, "p99_ms": 90, "cpu_ms_per_req": None, "errors": 0,
+         "images_per_s": 2000.0, "input_gb_per_s": 1.204}]}
+    md = report.markdown(scs, [], {"date": "d", "machine": "m", "commit": "c", "command": "x", "duration_s": 1, "workers": 1, "tools": "t"})
+    assert "GB/s of request bodies: sidecar-w1 0.614, nginx-w1 0.676" in md
+    assert "speed-up over one sidecar worker: sidecar-w1 1.0×" in md
+    assert "images/s: direct 2,000.0" in md and "GB/s of input tensors: direct 1.204" in md
+    assert "model device: device cuda:0, dtype float16" in md
+
+
+def test_resnet_request_body_is_a_kserve_binary_tensor(tmp_path):
+    from bench.suite import resnet
+
+    hlen = resnet.request_body(2, tmp_path / "b.bin")
+    raw = (tmp_path / "b.bin").read_bytes()
+    header = json.loads(raw[:hlen])
+    (inp,) = header["inputs"]
+    assert inp["name"] == "image" and inp["shape"] == [2, 3, 224, 224] and inp["datatype"] == "FP32"
+    assert inp["parameters"]["binary_data_size"] == len(raw) - hlen == 2 * resnet.IMAGE_BYTES == 1_204_224
+    assert header["outputs"] == [{"name": "logits", "parameters": {"binary_data": True}}]
+
+
+def test_resnet50_has_resnet50s_shape():
+    torch = pytest.importorskip("torch")
+    from bench.suite import resnet
+
+    model = resnet.build()
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032  # ResNet-50's parameter count
+    with torch.inference_mode():
+        out = model(torch.zeros(2, *resnet.IMAGE_SHAPE))
+    assert out.shape == (2, resnet.CLASSES) and bool(torch.isfinite(out).all())

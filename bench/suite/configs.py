@@ -72,7 +72,7 @@ def _backend_locations(www: Path) -> str:
 """
 
 
-def nginx_backend(prefix: Path, www: Path, http_port: int, h2c_port: int) -> str:
+def nginx_backend(prefix: Path, www: Path, http_port: int, h2c_port: int, workers: int = 1) -> str:
     """The common backend: 1 KB static GET, 600 KB POST sink, and a gRPC sink on HTTP/2 cleartext.
 
     nginx is fast enough that it is never what a scenario measures; every server under test relays to it.
@@ -90,7 +90,7 @@ def nginx_backend(prefix: Path, www: Path, http_port: int, h2c_port: int) -> str
     listen 127.0.0.1:{h2c_port} http2 backlog=4096 reuseport;
 {locs}  }}
 """
-    return _nginx_main(prefix, 1, body)
+    return _nginx_main(prefix, workers, body)
 
 
 def nginx_tls_terminator(prefix: Path, workers: int, cert: Path, key: Path, h1_port: int, h2_port: int,

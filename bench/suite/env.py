@@ -129,15 +129,22 @@ class Env:
 
     # -- the common backend -----------------------------------------------------------------------
     def start_backend(self) -> None:
-        self.be_http, self.be_h2c = free_port(), free_port()
-        self.backend = self.nginx("backend", lambda p: configs.nginx_backend(p, self.www, self.be_http, self.be_h2c),
-                                  [self.be_http, self.be_h2c])
+        self.backend = self.start_sink("backend")
+        self.be_http, self.be_h2c = self.backend.ports["http"], self.backend.ports["h2c"]
+
+    def start_sink(self, name: str, workers: int = 1) -> Server:
+        """An nginx backend (1 KB GET, POST sinks); more workers where the load is meant to outrun one core."""
+        http, h2c = free_port(), free_port()
+        s = self.nginx(name, lambda p: configs.nginx_backend(p, self.www, http, h2c, workers), [http, h2c])
+        s.ports = {"http": http, "h2c": h2c}
+        return s
 
     # -- baselines --------------------------------------------------------------------------------
-    def start_nginx_tls(self, name: str = "nginx-tls", http_backend: int | None = None) -> Server:
+    def start_nginx_tls(self, name: str = "nginx-tls", http_backend: int | None = None, workers: int | None = None) -> Server:
         h1, h2 = free_port(), free_port()
         be = http_backend or self.be_http
-        s = self.nginx(name, lambda p: configs.nginx_tls_terminator(p, self.workers, self.tls["cert"], self.tls["key"], h1, h2,
+        n = workers or self.workers
+        s = self.nginx(name, lambda p: configs.nginx_tls_terminator(p, n, self.tls["cert"], self.tls["key"], h1, h2,
                                                                     be, self.be_h2c), [h1, h2])
         s.ports = {"h1": h1, "h2": h2}
         return s
@@ -188,7 +195,7 @@ class Env:
         p = subprocess.run([*self.ratls_argv(), sub, "--help"], capture_output=True, text=True, cwd=REPO, timeout=60)
         return p.stdout + p.stderr if p.returncode == 0 else ""
 
-    def start_sidecar(self, name: str = "sidecar", http_backend: int | None = None) -> Server:
+    def start_sidecar(self, name: str = "sidecar", http_backend: int | None = None, workers: int | None = None) -> Server:
         helptext = self.ratls_help("sidecar")
         if "--http-backend" not in helptext:
             raise RuntimeError("`ratls sidecar` is not available yet (no --http-backend option)")
@@ -200,7 +207,7 @@ class Env:
                 "--http-backend", f"127.0.0.1:{http_backend or self.be_http}", "--grpc-backend", f"127.0.0.1:{self.be_h2c}",
                 "--admin", f"127.0.0.1:{admin}", "--log", str(d / "handshakes.log")]
         if "--workers" in helptext:
-            argv += ["--workers", str(self.workers)]
+            argv += ["--workers", str(workers or self.workers)]
         s = start(name, argv, d / "stdout.log", [port, admin], cwd=REPO, env={"RATLS_SIM_DIR": str(self.sim_dir), **self.ratls_env}, timeout=60)
         s.ports = {"tls": port, "admin": admin}
         return self._track(s)

@@ -20,7 +20,11 @@ class Goal:
     subject: str
     baseline: str | None
     target: float
-    kind: str = "ratio"  # "ratio": rps(subject)/rps(baseline) >= target; "rss": peak MB <= target; "idle": after-idle delta MB <= target
+    # "ratio": rps(subject)/rps(baseline) >= target; "rss": peak MB <= target; "idle": after-idle delta MB <= target;
+    # "gbps": the subject's request bodies in GB/s >= target
+    kind: str = "ratio"
+    #: judged only on a machine with this many cores (the GPU machine's goals); fewer: measured, shown, not judged
+    min_cores: int = 0
 
 
 GOALS: tuple[Goal, ...] = (
@@ -41,6 +45,8 @@ GOALS: tuple[Goal, ...] = (
     Goal("proxy < 80 MB RSS, 64 conns × 600 KB", "pair-600k-c64", "proxy", None, 80.0, "rss"),
     Goal("sidecar back to its idle RSS (at start) after load (≤ +10 MB)", "pair-600k-c64", "sidecar", None, 10.0, "idle"),
     Goal("proxy back to its idle RSS (at start) after load (≤ +10 MB)", "pair-600k-c64", "proxy", None, 10.0, "idle"),
+    Goal("16 cores: sidecar at 4 workers ≥ 3× 1 worker, 600 KB", "scale-600k", "sidecar-w4", "sidecar-w1", 3.0, min_cores=16),
+    Goal("16 cores: sidecar ≥ 4 GB/s of 600 KB requests (8 workers)", "scale-600k", "sidecar-w8", None, 4.0, "gbps", min_cores=16),
 )
 
 
@@ -55,6 +61,18 @@ def evaluate(goal: Goal, scenarios: dict[str, dict]) -> dict:
            "met": None, "margin_pct": None, "note": ""}
     if sc is None or sc.get("skipped"):
         out["note"] = f"not measured: {(sc or {}).get('skipped', 'scenario did not run')}"
+        return out
+    cores = sc.get("params", {}).get("cores", 0)
+    if goal.min_cores and cores < goal.min_cores:
+        out["note"] = f"not judged: needs {goal.min_cores} cores, this machine has {cores}" + _scaling_note(sc)
+        return out
+    if goal.kind == "gbps":
+        s = run_by_name(sc, goal.subject)
+        if not s:
+            out["note"] = f"not measured: {goal.subject} did not run"
+            return out
+        v = s["gb_per_s"]
+        out.update(measured=v, met=v >= goal.target, margin_pct=round((v / goal.target - 1) * 100, 1))
         return out
     if goal.kind == "ratio":
         s, b = run_by_name(sc, goal.subject), run_by_name(sc, goal.baseline or "")
@@ -77,6 +95,16 @@ def evaluate(goal: Goal, scenarios: dict[str, dict]) -> dict:
         out.update(measured=v, met=v <= goal.target, margin_pct=round(goal.target - v, 1))
         out["note"] = f"idle at start {mem['idle_mb']} MB, peak {mem['peak_mb']} MB, after {mem['after_mb']} MB"
     return out
+
+
+def _scaling_note(sc: dict) -> str:
+    """What a machine with fewer cores did measure: each sidecar worker count's GB/s and speed-up over one worker."""
+    runs = [r for r in sc.get("runs", []) if r["name"].startswith("sidecar-w") and not r.get("error")]
+    if not runs:
+        return ""
+    scaling = sc.get("scaling", {})
+    return " (measured: " + ", ".join(f"{r['name']} {r['gb_per_s']:.2f} GB/s" + (f" = {scaling[r['name']]}x" if r["name"] in scaling else "")
+                                      for r in runs) + ")"
 
 
 def _fmt(v, nd=1) -> str:
@@ -114,6 +142,14 @@ def markdown(scenarios: dict[str, dict], goals: list[dict], meta: dict) -> str:
             lines.append("RSS (MB; idle = just started, before = when this scenario began): " + "; ".join(
                 f"{k}: idle {m['idle_mb']}, before {m.get('before_mb', '–')}, peak {m['peak_mb']}, after {m['after_mb']}"
                 for k, m in sc["memory"].items()))
+        ok = [r for r in sc["runs"] if not r.get("error")]
+        for key, what in (("images_per_s", "images/s"), ("input_gb_per_s", "GB/s of input tensors"), ("gb_per_s", "GB/s of request bodies")):
+            if any(key in r for r in ok):
+                lines += ["", f"{what}: " + ", ".join(f"{r['name']} {r[key]:,}" for r in ok if key in r)]
+        if sc.get("scaling"):
+            lines += ["", "speed-up over one sidecar worker: " + ", ".join(f"{k} {v}×" for k, v in sc["scaling"].items())]
+        if sc.get("device"):
+            lines += ["", "model device: " + ", ".join(f"{k} {v}" for k, v in sc["device"].items())]
         if sc.get("notes"):
             lines += ["", sc["notes"]]
         lines.append("")
@@ -133,14 +169,14 @@ README_END = "<!-- bench:goals:end -->"
 def goals_table(goals: list[dict]) -> list[str]:
     lines = ["| goal | measured | target | result |", "|---|---|---|---|"]
     for g in goals:
-        unit = "×" if g["kind"] == "ratio" else " MB"
+        unit = {"ratio": "×", "gbps": " GB/s"}.get(g["kind"], " MB")
         if g["met"] is None:
             res = g["note"]
         else:
             word = "met" if g["met"] else "**missed**"
             by = f"{abs(g['margin_pct'])}{'%' if g['kind'] != 'idle' else ' MB'}"
             res = f"{word} ({'+' if g['met'] else '-'}{by})" + (f"; {g['note']}" if g["note"] else "")
-        lines.append(f"| {g['goal']} | {_fmt(g['measured'], 2 if g['kind'] == 'ratio' else 1)}{unit if g['measured'] is not None else ''} "
+        lines.append(f"| {g['goal']} | {_fmt(g['measured'], 2 if g['kind'] in ('ratio', 'gbps') else 1)}{unit if g['measured'] is not None else ''} "
                      f"| {g['target']}{unit} | {res} |")
     return lines
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
+import os
 import platform
 import subprocess
 import tempfile
@@ -20,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import configs, report
-from .env import REPO, Env, triton_body
+from .env import REPO, SIZES, Env, triton_body
 from .loadgen import GRPC_HEADERS, GRPC_PATH, LoadResult, run_client, run_h2load, run_wrk
 from .procs import CLK_TCK, RssSampler, Server, free_port
+from .resnet import IMAGE_BYTES, TritonResNet, request_body
 
 Load = Callable[[float], LoadResult]
 #: seconds after a memory subject's last round before its "after" RSS sample (> the proxy's pool idle timeout + sweep)
@@ -48,6 +51,12 @@ class Spec:
 class Suite:
     def __init__(self, env: Env, duration: float, warmup: float, only: set[str] | None, h2_streams: int = 4, rounds: int = 3):
         self.env, self.duration, self.warmup, self.only, self.rounds = env, duration, warmup, only, rounds
+        # the GPU machine's scenarios (issue 6 item 4); main() sets them from the command line
+        self.resnet_batches: tuple[int, ...] = (1, 8, 32)
+        self.resnet_conns = 16
+        self.resnet_device = "auto"
+        self.scale_workers: tuple[int, ...] = (1, 4, 8)
+        self.scale_conns = 64
         self.h2_streams = h2_streams
         self.scenarios: dict[str, dict] = {}
         self._started: dict[str, Server | Exception] = {}
@@ -320,31 +329,132 @@ class Suite:
             self.skip(sid, title, f"Triton did not start: {str(e)[:300]}")
             return
         try:
-            path = "/v2/models/mean_fp32/infer"
-            hdr = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(hlen)}
-            tb = f"127.0.0.1:{tport}"
-            sidecar = lambda: self.server("sidecar-triton", lambda: self.env.start_sidecar("sidecar-triton", http_backend=tport))  # noqa: E731
-            proxy = lambda: self.server("proxy-triton", lambda: self.env.start_proxy({"bench-triton:8000": sidecar().ports["tls"]},  # noqa: E731
-                                                                                     name="proxy-triton"))
-            ntls = lambda: self.server("nginx-tls-triton", lambda: self.env.start_nginx_tls("nginx-tls-triton", http_backend=tport))  # noqa: E731
-            nfwd = lambda: self.server("nginx-fwd-triton", lambda: self.env.start_nginx_forward(ntls().ports["h1"], "nginx-fwd-triton"))  # noqa: E731
-            runs = [
-                self.measure("direct", "baseline", lambda: [], lambda: self.wrk(
-                    f"http://{tb}", configs.wrk_script(path, method="POST", body_file=body, headers=hdr), f"{sid}-direct", 16)),
-                self.measure("pair", "subject", lambda: [proxy(), sidecar()], lambda: self.wrk(
-                    f"http://127.0.0.1:{proxy().ports['http']}", configs.wrk_script(f"http://bench-triton:8000{path}", host="bench-triton:8000",
-                                                                                   method="POST", body_file=body, headers=hdr), f"{sid}-pair", 16)),
-                self.measure("nginx-chain", "baseline", lambda: [nfwd(), ntls()], lambda: self.wrk(
-                    f"http://127.0.0.1:{nfwd().ports['http']}", configs.wrk_script(f"http://{tb}{path}", host=tb, method="POST",
-                                                                                  body_file=body, headers=hdr), f"{sid}-nginx-chain", 16)),
-            ]
+            runs = self.inference_subjects(sid, "triton", tport, "/v2/models/mean_fp32/infer", body, hlen, 16)
             self.record(sid, title, runs, {"connections": 16, "bytes": body.stat().st_size})
         finally:
-            for k in ("proxy-triton", "sidecar-triton", "nginx-fwd-triton", "nginx-tls-triton"):
-                s = self._started.pop(k, None)
-                if isinstance(s, Server):
-                    self.env.stop(s)
+            self.stop_started("triton")
             triton.stop()
+
+    def inference_subjects(self, sid: str, tag: str, tport: int, path: str, body: Path, hlen: int, conns: int) -> list[Spec]:
+        """direct / pair / nginx chain in front of one inference server, each sent the same binary-tensor request."""
+        hdr = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(hlen)}
+        tb, svc = f"127.0.0.1:{tport}", f"bench-{tag}:8000"
+        sidecar = lambda: self.server(f"sidecar-{tag}", lambda: self.env.start_sidecar(f"sidecar-{tag}", http_backend=tport))  # noqa: E731
+        proxy = lambda: self.server(f"proxy-{tag}", lambda: self.env.start_proxy({svc: sidecar().ports["tls"]}, name=f"proxy-{tag}"))  # noqa: E731
+        ntls = lambda: self.server(f"nginx-tls-{tag}", lambda: self.env.start_nginx_tls(f"nginx-tls-{tag}", http_backend=tport))  # noqa: E731
+        nfwd = lambda: self.server(f"nginx-fwd-{tag}", lambda: self.env.start_nginx_forward(ntls().ports["h1"], f"nginx-fwd-{tag}"))  # noqa: E731
+        post = {"method": "POST", "body_file": body, "headers": hdr}
+        return [
+            self.measure("direct", "baseline", lambda: [], lambda: self.wrk(
+                f"http://{tb}", configs.wrk_script(path, **post), f"{sid}-direct", conns)),
+            self.measure("pair", "subject", lambda: [proxy(), sidecar()], lambda: self.wrk(
+                f"http://127.0.0.1:{proxy().ports['http']}", configs.wrk_script(f"http://{svc}{path}", host=svc, **post), f"{sid}-pair", conns)),
+            self.measure("nginx-chain", "baseline", lambda: [nfwd(), ntls()], lambda: self.wrk(
+                f"http://127.0.0.1:{nfwd().ports['http']}", configs.wrk_script(f"http://{tb}{path}", host=tb, **post), f"{sid}-nginx-chain", conns)),
+        ]
+
+    def stop_started(self, tag: str) -> None:
+        """Stop the pair and nginx chain that `inference_subjects` started for `tag`."""
+        for k in (f"proxy-{tag}", f"sidecar-{tag}", f"nginx-fwd-{tag}", f"nginx-tls-{tag}"):
+            s = self._started.pop(k, None)
+            if isinstance(s, Server):
+                self.env.stop(s)
+
+    def resnet(self) -> None:
+        """Issue 6 item 4: ResNet-50 in Triton at batch 1/8/32 (CUDA fp16 on the GPU machine), direct / pair / nginx chain."""
+        sids = {b: f"resnet50-b{b}" for b in self.resnet_batches}
+        sids = {b: sid for b, sid in sids.items() if self.want(sid)}
+        if not sids:
+            return
+        conns = self.resnet_conns
+
+        def title(b: int) -> str:
+            return (f"ResNet-50 (random weights) in real Triton, batch {b} ({b * IMAGE_BYTES / 1e6:.1f} MB of FP32 in per request), "
+                    f"{conns} connections: direct / pair / nginx chain")
+
+        why = self.need("wrk", "nginx")
+        if not why:
+            try:
+                import torch
+            except Exception as e:
+                why = f"torch not importable ({e}); the GPU machine has it, here `pip install torch` for a CPU smoke run"
+            else:
+                if self.resnet_device != "cpu" and not torch.cuda.is_available():
+                    why = "no CUDA device (the GPU machine's scenario; `--resnet-device cpu` runs it here as a smoke test)"
+        if why:
+            for b, sid in sids.items():
+                self.skip(sid, title(b), why)
+            return
+        tport = free_port()
+        info = self.env.work / "resnet-device.json"
+        triton = TritonResNet(tport, free_port(), free_port(), device=self.resnet_device, log_path=self.env.work / "triton-resnet.log",
+                              info=info)
+        try:
+            triton.start()
+            triton.wait_ready(600)
+        except Exception as e:
+            triton.stop()
+            for b, sid in sids.items():
+                self.skip(sid, title(b), f"Triton (resnet50) did not start: {str(e)[:300]}")
+            return
+        try:
+            device = json.loads(info.read_text()) if info.exists() else {}
+            for b, sid in sids.items():
+                body = self.env.work / f"resnet-b{b}.bin"
+                hlen = request_body(b, body)
+                runs = self.inference_subjects(sid, "resnet", tport, "/v2/models/resnet50/infer", body, hlen, conns)
+                self.record(sid, title(b), runs, {"batch": b, "connections": conns, "bytes": body.stat().st_size}, device=device)
+                for r in self.scenarios[sid]["runs"]:
+                    if not r.get("error"):
+                        r["images_per_s"] = round(r["rps"] * b, 1)
+                        r["input_gb_per_s"] = round(r["rps"] * body.stat().st_size / 1e9, 3)
+        finally:
+            self.stop_started("resnet")
+            triton.stop()
+
+    def scale(self) -> None:
+        """Issue 6 item 4: the sidecar at 1/4/8 workers (those the machine's cores allow) with 600 KB POSTs; nginx at the same counts."""
+        sid = "scale-600k"
+        if not self.want(sid):
+            return
+        cores = os.cpu_count() or 1
+        workers = sorted({w for w in self.scale_workers if w <= cores} | {1})
+        if len(workers) == 1 and cores > 1:
+            workers.append(min(2, cores))
+        conns = self.scale_conns
+        threads = max(2, min(8, cores // 4))
+        title = (f"the sidecar's relay across cores: 600 KB POST, HTTP/1.1 over TLS, {conns} connections, wrk -t{threads}, "
+                 f"sidecar and nginx at {'/'.join(map(str, workers))} workers each (GB/s of request bodies)")
+        if why := self.need("wrk", "nginx"):
+            self.skip(sid, title, why)
+            return
+        sink_workers = max(1, min(4, cores // 4))
+        sink = self.server("sink-scale", lambda: self.env.start_sink("sink-scale", workers=sink_workers))
+        script = configs.wrk_script("/upload", method="POST", body_file=self.env.bodies["600k"], headers={"Content-Type": "application/octet-stream"})
+        runs = []
+        for w in workers:
+            for name, role, factory in (
+                    (f"sidecar-w{w}", "subject", lambda w=w: self.env.start_sidecar(f"sidecar-w{w}", http_backend=sink.ports["http"], workers=w)),
+                    (f"nginx-w{w}", "baseline", lambda w=w: self.env.start_nginx_tls(f"nginx-tls-w{w}", http_backend=sink.ports["http"], workers=w))):
+                def srv(name=name, factory=factory) -> Server:
+                    return self.server(name, factory)
+
+                def port(srv=srv) -> int:
+                    return srv().ports["tls" if "tls" in srv().ports else "h1"]
+
+                runs.append(self.measure(name, role, lambda srv=srv: [srv()], lambda port=port, name=name: (
+                    lambda d: run_wrk(f"https://127.0.0.1:{port()}", script, self.env.work, f"{sid}-{name}", conns, d, threads=threads)),
+                    group=f"w{w}"))
+        self.record(sid, title, runs, {"connections": conns, "size": "600k", "bytes": SIZES["600k"], "workers": workers, "cores": cores,
+                                       "wrk_threads": threads, "sink_workers": sink_workers, "tool": "wrk"})
+        sc = self.scenarios[sid]
+        for r in sc["runs"]:
+            if not r.get("error"):
+                r["gb_per_s"] = round(r["rps"] * SIZES["600k"] / 1e9, 3)
+        base = report.run_by_name(sc, "sidecar-w1")
+        if base and base["rps"]:
+            sc["scaling"] = {r["name"]: round(r["rps"] / base["rps"], 2) for r in sc["runs"]
+                             if r["name"].startswith("sidecar-w") and not r.get("error")}
 
     def handshakes(self) -> None:
         sid = "handshakes"
@@ -388,7 +498,7 @@ class Suite:
 
     def run_all(self) -> None:
         self.env.start_backend()
-        for step in (self.tls_h1, self.tls_h2, self.pair, self.grpc, self.handshakes, self.triton):
+        for step in (self.tls_h1, self.tls_h2, self.pair, self.grpc, self.handshakes, self.triton, self.scale, self.resnet):
             try:
                 step()
             except Exception:
@@ -444,10 +554,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notes", type=Path, help="markdown appended to the results README under Notes")
     p.add_argument("--ratls-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for the sidecar and proxy processes (e.g. MALLOC_MMAP_THRESHOLD_=131072)")
+    p.add_argument("--resnet-batches", default="1,8,32", help="batch sizes of the ResNet-50 scenarios (default 1,8,32)")
+    p.add_argument("--resnet-connections", type=int, default=16, help="connections of the ResNet-50 scenarios (default 16)")
+    p.add_argument("--resnet-device", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="auto: run the ResNet-50 scenarios only where CUDA is; cpu: a smoke run here")
+    p.add_argument("--scale-workers", default="1,4,8", help="worker counts of the scale scenario, capped at the cores (default 1,4,8)")
+    p.add_argument("--scale-connections", type=int, default=64, help="connections of the scale scenario (default 64)")
     a = p.parse_args(argv)
     work = a.work or Path(tempfile.mkdtemp(prefix="ratls-bench-"))
     env = Env(work, workers=a.workers, ratls_env=dict(kv.split("=", 1) for kv in a.ratls_env))
     suite = Suite(env, a.duration, a.warmup, set(a.only) if a.only else None, rounds=a.rounds)
+    suite.resnet_batches = tuple(int(b) for b in a.resnet_batches.split(","))
+    suite.resnet_conns, suite.resnet_device = a.resnet_connections, a.resnet_device
+    suite.scale_workers = tuple(int(w) for w in a.scale_workers.split(","))
+    suite.scale_conns = a.scale_connections
     try:
         suite.run_all()
     finally:
