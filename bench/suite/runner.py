@@ -184,8 +184,13 @@ class Suite:
         return self.server("proxy", make)
 
     # -- scenarios --------------------------------------------------------------------------------
-    def wrk(self, url: str, script: str, name: str, conns: int) -> Load:
-        return lambda d: run_wrk(url, script, self.env.work, name, conns, d)
+    def wrk(self, url: str, script: str, name: str, conns: int, threads: int = 2) -> Load:
+        return lambda d: run_wrk(url, script, self.env.work, name, conns, d, threads=threads)
+
+    @staticmethod
+    def wide_threads() -> int:
+        """wrk threads for the scenarios meant to outrun one core (2 here; up to 8 on a 16+ core machine)."""
+        return max(2, min(8, (os.cpu_count() or 1) // 4))
 
     def tls_h1(self) -> None:
         for size in ("1k", "600k"):
@@ -335,7 +340,8 @@ class Suite:
             self.stop_started("triton")
             triton.stop()
 
-    def inference_subjects(self, sid: str, tag: str, tport: int, path: str, body: Path, hlen: int, conns: int) -> list[Spec]:
+    def inference_subjects(self, sid: str, tag: str, tport: int, path: str, body: Path, hlen: int, conns: int,
+                           threads: int = 2) -> list[Spec]:
         """direct / pair / nginx chain in front of one inference server, each sent the same binary-tensor request."""
         hdr = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(hlen)}
         tb, svc = f"127.0.0.1:{tport}", f"bench-{tag}:8000"
@@ -346,11 +352,11 @@ class Suite:
         post = {"method": "POST", "body_file": body, "headers": hdr}
         return [
             self.measure("direct", "baseline", lambda: [], lambda: self.wrk(
-                f"http://{tb}", configs.wrk_script(path, **post), f"{sid}-direct", conns)),
+                f"http://{tb}", configs.wrk_script(path, **post), f"{sid}-direct", conns, threads)),
             self.measure("pair", "subject", lambda: [proxy(), sidecar()], lambda: self.wrk(
-                f"http://127.0.0.1:{proxy().ports['http']}", configs.wrk_script(f"http://{svc}{path}", host=svc, **post), f"{sid}-pair", conns)),
+                f"http://127.0.0.1:{proxy().ports['http']}", configs.wrk_script(f"http://{svc}{path}", host=svc, **post), f"{sid}-pair", conns, threads)),
             self.measure("nginx-chain", "baseline", lambda: [nfwd(), ntls()], lambda: self.wrk(
-                f"http://127.0.0.1:{nfwd().ports['http']}", configs.wrk_script(f"http://{tb}{path}", host=tb, **post), f"{sid}-nginx-chain", conns)),
+                f"http://127.0.0.1:{nfwd().ports['http']}", configs.wrk_script(f"http://{tb}{path}", host=tb, **post), f"{sid}-nginx-chain", conns, threads)),
         ]
 
     def stop_started(self, tag: str) -> None:
@@ -402,8 +408,9 @@ class Suite:
             for b, sid in sids.items():
                 body = self.env.work / f"resnet-b{b}.bin"
                 hlen = request_body(b, body)
-                runs = self.inference_subjects(sid, "resnet", tport, "/v2/models/resnet50/infer", body, hlen, conns)
-                self.record(sid, title(b), runs, {"batch": b, "connections": conns, "bytes": body.stat().st_size}, device=device)
+                runs = self.inference_subjects(sid, "resnet", tport, "/v2/models/resnet50/infer", body, hlen, conns, self.wide_threads())
+                self.record(sid, title(b), runs, {"batch": b, "connections": conns, "bytes": body.stat().st_size,
+                                                  "wrk_threads": self.wide_threads(), "workers": self.env.workers}, device=device)
                 for r in self.scenarios[sid]["runs"]:
                     if not r.get("error"):
                         r["images_per_s"] = round(r["rps"] * b, 1)
@@ -422,7 +429,7 @@ class Suite:
         if len(workers) == 1 and cores > 1:
             workers.append(min(2, cores))
         conns = self.scale_conns
-        threads = max(2, min(8, cores // 4))
+        threads = self.wide_threads()
         title = (f"the sidecar's relay across cores: 600 KB POST, HTTP/1.1 over TLS, {conns} connections, wrk -t{threads}, "
                  f"sidecar and nginx at {'/'.join(map(str, workers))} workers each (GB/s of request bodies)")
         if why := self.need("wrk", "nginx"):
