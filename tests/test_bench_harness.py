@@ -286,3 +286,29 @@ def test_resnet50_has_resnet50s_shape():
     with torch.inference_mode():
         out = model(torch.zeros(2, *resnet.IMAGE_SHAPE))
     assert out.shape == (2, resnet.CLASSES) and bool(torch.isfinite(out).all())
+
+
+def test_resnet_scenarios_skip_with_the_reason_where_they_cannot_run(tmp_path):
+    """Without CUDA (and without --resnet-device cpu) the GPU scenarios are skipped, each saying why; never measured."""
+    from bench.suite.env import Env
+    from bench.suite.runner import Suite
+
+    try:
+        import torch
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        torch, cuda = None, False
+    if cuda:
+        pytest.skip("a CUDA machine runs these scenarios for real")
+    suite = Suite(Env(tmp_path), duration=1, warmup=0, only={"resnet50"})
+    suite.resnet()
+    assert sorted(suite.scenarios) == ["resnet50-b1", "resnet50-b32", "resnet50-b8"]
+    for sc in suite.scenarios.values():
+        why = sc["skipped"]
+        if not suite.need("wrk", "nginx"):
+            assert ("torch not importable" in why) if torch is None else why.startswith("no CUDA device")
+        assert sc["runs"] == []
+    suite.only = {"tls-h1"}
+    suite.scenarios.clear()
+    suite.resnet()
+    assert suite.scenarios == {}  # not asked for: nothing recorded
