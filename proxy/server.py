@@ -192,6 +192,8 @@ class Upstream:
     conn_id: str
     #: loop time it went idle in the pool
     idle_since: float = 0.0
+    #: the sidecar's certificate (DER): a tunnel is re-verified from it when the policy changes
+    der: bytes = b""
 
 
 def _no_policy_body(service: str) -> dict[str, Any]:
@@ -221,8 +223,8 @@ class Proxy:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._clients: set[_Client] = set()
         self._upstreams: set[Endpoint] = set()
-        #: open tunnels: client endpoint -> its upstream endpoint
-        self._tunnels: dict[Endpoint, Endpoint] = {}
+        #: open tunnels: client endpoint -> its upstream (verdict and certificate included)
+        self._tunnels: dict[Endpoint, Upstream] = {}
         self._admin: Any = None
         self.port: int | None = None
         #: service -> bound port of its map listener; ``maps_bound`` keeps every (listen, service, port)
@@ -366,7 +368,7 @@ class Proxy:
         self.metrics.upstream_open.inc()
         self._upstreams.add(ep)
         ep._on_lost = self._upstream_lost
-        return Upstream(ep, route, alpn, verdict, cid)
+        return Upstream(ep, route, alpn, verdict, cid, der=der)
 
     def _upstream_lost(self, ep: Endpoint) -> None:
         if ep in self._upstreams:
@@ -435,17 +437,56 @@ class Proxy:
             idle = c.idle_for(now)  # the client side of a tunnel sees every byte, both ways
             if limit > 0 and idle >= limit:
                 self.metrics.errors.labels("tunnel-idle").inc()
-                self.log.write("tunnel-closed", reason="idle", idle_s=round(idle, 1), limit_s=limit,
-                               bytes_from_client=c.bytes_in, bytes_from_sidecar=up.bytes_in)
-                c.close()
-                up.close()
-                del self._tunnels[c]
+                self._close_tunnel(c, up, "idle", idle_s=round(idle, 1), limit_s=limit)
+
+    def _close_tunnel(self, c: Endpoint, up: Upstream, reason: str, **fields: Any) -> None:
+        self.log.write("tunnel-closed", reason=reason, conn_id=up.conn_id, target=up.route.service, **fields,
+                       bytes_from_client=c.bytes_in, bytes_from_sidecar=up.ep.bytes_in)
+        c.close()
+        up.ep.close()
+        self._tunnels.pop(c, None)
+
+    async def _recheck_tunnels(self, tunnels: list[tuple[Endpoint, Upstream]]) -> None:
+        """After a policy change, each open tunnel's certificate is verified against its service's
+        new policy: one that no longer passes is closed (logged with the failed rules), so a tightened
+        policy or a revoked measurement reaches long-lived gRPC channels too, not only new connections.
+        The client's next connection gets the 502 with the reason."""
+        for c, up in tunnels:
+            if self._tunnels.get(c) is not up:
+                continue  # ended meanwhile
+            route = next((r for r in self.cfg.routes.values() if r.service == up.route.service), None)
+            if route is None or route.policy is None:
+                self.metrics.errors.labels("tunnel-policy").inc()
+                why = "route-removed" if route is None else "no-policy"
+                self._close_tunnel(c, up, why, error="the service has no route any more" if route is None else
+                                   "no policy configured for this service: no policy, no traffic")
+                continue
+            try:
+                verdict = self.cache.lookup(hashlib.sha256(up.der).hexdigest(), route.policy)
+                if verdict is None:
+                    verdict = await asyncio.to_thread(self.cache.verify, up.der, route.policy)
+            except Exception as e:  # fail closed: a tunnel that cannot be re-verified does not stay open
+                self.metrics.errors.labels("tunnel-policy").inc()
+                self._close_tunnel(c, up, "recheck-failed", error=f"{type(e).__name__}: {e}")
+                continue
+            if self._tunnels.get(c) is not up:
+                continue
+            if verdict.ok:
+                up.route, up.verdict = route, verdict
+                self.log.write("tunnel-rechecked", conn_id=up.conn_id, target=route.service, decision="admit",
+                               cert_sha256=verdict.cert_sha256, policy_name=verdict.policy_name)
+                continue
+            self.metrics.errors.labels("tunnel-policy").inc()
+            refusal = verdict.refusal(route.service)
+            self._close_tunnel(c, up, "policy-changed", error=refusal["error"], failed_step=verdict.failed_step, failed=refusal["failed"],
+                               cert_sha256=verdict.cert_sha256, policy_name=verdict.policy_name)
 
     def reload(self, cfg: ProxyConfig) -> dict[str, Any]:
         """Take new routes and policies (SIGHUP). Pooled connections verified under the old ones are
         closed, so the next request is verified against the new policy (the verdict cache keys on the
-        policy digest); open tunnels and requests in flight carry on. Listen addresses, maps and the
-        other options need a restart: a change there is reported, not applied."""
+        policy digest); open tunnels whose service's policy changed are re-verified against it (see
+        ``_recheck_tunnels``); requests in flight carry on. Listen addresses, maps and the other
+        options need a restart: a change there is reported, not applied."""
         def summary(c: ProxyConfig) -> dict[str, Any]:
             return {r.service: {"sidecar": f"{r.sidecar[0]}:{r.sidecar[1]}", "policy": r.policy.digest[:16] if r.policy else None}
                     for r in c.routes.values()}
@@ -458,7 +499,10 @@ class Proxy:
                 u.ep.close()
         self._pool.clear()
         changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-        return self.log.write("reloaded", routes=after, changed=changed, needs_restart=ignored)
+        recheck = [(c, up) for c, up in self._tunnels.items() if up.route.service in changed]
+        if recheck:
+            self._spawn(self._recheck_tunnels(recheck))
+        return self.log.write("reloaded", routes=after, changed=changed, needs_restart=ignored, tunnels_rechecked=len(recheck))
 
     # -- client side ----------------------------------------------------------------------
     def _route_for(self, host: bytes | str, port: int) -> Route | None:
@@ -675,7 +719,7 @@ class Proxy:
 
     async def _tunnel(self, c: Endpoint, up: Upstream, kind: str) -> None:
         self.metrics.request(kind, "200")
-        self._tunnels[c] = up.ep
+        self._tunnels[c] = up
         try:
             await splice(c, up.ep)
         finally:

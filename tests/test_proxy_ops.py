@@ -106,3 +106,62 @@ def test_bytes_are_counted_while_a_grpc_channel_stays_open(tmp_path, grpc_backen
         # closing adds only what was not counted yet: totals stay equal to what crossed, not doubled
         wait_for("the tunnel to close", lambda: p.metric(p.proxy_admin_url, "ratls_proxy_client_connections") == 0)
         assert counted("from_client") < 2 * 200_000
+
+
+def test_a_policy_change_rechecks_open_tunnels_and_closes_those_it_no_longer_admits(tmp_path, http_backend):
+    with pair(tmp_path, http_backend=http_backend.addr, mode="process") as p:
+        first, second = _connect_tunnel(p), _connect_tunnel(p)
+        try:
+            for s in (first, second):
+                _get_through(s, p.http_service)
+
+            def hup_and_wait_for(event: str, count: int) -> list[dict]:
+                n = len(p.proxy_events(event))
+                p._procs["proxy"].send_signal(signal.SIGHUP)
+                wait_for(event, lambda: len(p.proxy_events(event)) >= n + count)
+                return p.proxy_events(event)[n:]
+
+            # a new policy that still admits the sidecar (one more rule, which holds): both tunnels stay
+            p.policy_path.write_text(json.dumps({**sim_policy(p.measurement), "x-ms-sevsnpvm-is-debuggable": False}))
+            kept = hup_and_wait_for("tunnel-rechecked", 2)
+            assert {e["decision"] for e in kept} == {"admit"} and len({e["conn_id"] for e in kept}) == 2
+            assert p.proxy_events("reloaded")[-1]["tunnels_rechecked"] == 2
+            assert b"200 OK" in _get_through(first, p.http_service)
+            # tightened to another measurement: the open tunnels no longer pass, and are closed, saying why
+            p.policy_path.write_text(json.dumps(sim_policy(b"\x42" * 48)))
+            closed = hup_and_wait_for("tunnel-closed", 2)
+            for s in (first, second):
+                s.settimeout(10)
+                assert s.recv(4096) == b"", "a tunnel the new policy refuses is closed"
+            for ev in closed:
+                assert ev["reason"] == "policy-changed" and ev["target"] == p.http_service
+                assert [f["claim"] for f in ev["failed"]] == ["x-ms-sevsnpvm-launchmeasurement"]
+                assert ev["failed"][0]["expected"] == ("42" * 48)
+            assert p.metric(p.proxy_admin_url, "ratls_proxy_errors_total", kind="tunnel-policy") == 2
+            # and a new CONNECT is refused before any tunnel exists
+            s = socket.create_connection(("127.0.0.1", p.proxy_port), timeout=10)
+            s.sendall(f"CONNECT {p.http_service} HTTP/1.1\r\nHost: {p.http_service}\r\n\r\n".encode())
+            assert s.recv(4096).startswith(b"HTTP/1.1 502 ")
+            s.close()
+        finally:
+            first.close()
+            second.close()
+
+
+def test_a_tunnel_whose_service_loses_its_route_is_closed_on_reload(tmp_path, http_backend):
+    import copy
+
+    with pair(tmp_path, http_backend=http_backend.addr) as p:  # in-process: reload() called as SIGHUP would
+        s = _connect_tunnel(p)
+        try:
+            _get_through(s, p.http_service)
+            cfg = copy.copy(p._proxy.cfg)
+            cfg.routes = {k: r for k, r in cfg.routes.items() if r.service != p.http_service}
+            p._lt.loop.call_soon_threadsafe(p._proxy.reload, cfg)
+            wait_for("tunnel-closed", lambda: p.proxy_events("tunnel-closed"))
+            (ev,) = p.proxy_events("tunnel-closed")
+            assert ev["reason"] == "route-removed" and ev["target"] == p.http_service
+            s.settimeout(10)
+            assert s.recv(4096) == b""
+        finally:
+            s.close()
