@@ -82,6 +82,44 @@ class SidecarMetrics:
         self.rotations = Counter("ratls_sidecar_certificate_rotations", "certificates issued", registry=r)
         self.issue_seconds = Histogram("ratls_sidecar_certificate_issue_seconds", "time to gather evidence and issue", registry=r)
         self.errors = Counter("ratls_sidecar_errors", "errors by kind", ["kind"], registry=r)
+        self.handshake_failures = Counter("ratls_sidecar_tls_handshake_failures", "TLS handshakes that failed, by OpenSSL's reason",
+                                          ["reason"], registry=r)
+
+
+#: what a failed handshake's OpenSSL reason usually means, for whoever reads the log
+HANDSHAKE_HINTS = {
+    "HTTP_REQUEST": "the client spoke plain HTTP to the TLS port (send it through the ratls proxy, or use https)",
+    "WRONG_VERSION_NUMBER": "the client did not speak TLS (plain text to the TLS port?)",
+    "UNSUPPORTED_PROTOCOL": "the client offered no TLS 1.3 (the sidecar accepts TLS 1.3 only)",
+    "NO_APPLICATION_PROTOCOL": "ALPN: the client offered neither h2 nor http/1.1",
+    "NO_SHARED_CIPHER": "no cipher suite in common with the client",
+    "TLSV1_ALERT_UNKNOWN_CA": "the client refused the certificate: an RA-TLS certificate is self-signed, verified from its "
+                              "evidence by the ratls proxy, not by a CA",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the client refused the certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the client refused the certificate: an RA-TLS certificate is self-signed, verified from "
+                                       "its evidence by the ratls proxy, not by a CA",
+}
+
+
+def watched_sslobject(on_failure: Callable[[ssl.SSLError], None]) -> type[ssl.SSLObject]:
+    """An ``SSLObject`` class that reports a failed server handshake before the loop drops it.
+
+    asyncio's and uvloop's SSL transports close a connection whose handshake fails without telling
+    the protocol (it was never connected) and log nothing unless in debug mode; the context's
+    ``sslobject_class`` is the one hook on that path. Only ``do_handshake`` is wrapped: the
+    read/write path is untouched."""
+
+    class Watched(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise
+            except ssl.SSLError as e:
+                on_failure(e)
+                raise
+
+    return Watched
 
 
 class _TlsSide(Endpoint):
@@ -106,6 +144,7 @@ class Sidecar:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         self.ctx.set_alpn_protocols([ALPN_H2, ALPN_HTTP1])
+        self.ctx.sslobject_class = watched_sslobject(self._handshake_failed)
         self.cert_sha256: str | None = None
         self.cert_der: bytes | None = None
         self.cert_not_after: datetime | None = None
@@ -236,6 +275,14 @@ class Sidecar:
         if self._admin is not None:
             await self._admin.stop()
         self.log.close()
+
+    def _handshake_failed(self, e: ssl.SSLError) -> None:
+        """One log line per failed TLS handshake (the peer is not known at this layer; the proxy's
+        log has the client side)."""
+        reason = getattr(e, "reason", None) or type(e).__name__
+        self.metrics.handshake_failures.labels(reason).inc()
+        self.metrics.errors.labels("tls-handshake").inc()
+        self.log.write("handshake-failed", reason=reason, error=str(e), hint=HANDSHAKE_HINTS.get(reason), cert_sha256=self.cert_sha256)
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.get_running_loop().create_task(coro)

@@ -96,3 +96,30 @@ async def _start_rotator_now(sc: Sidecar) -> None:
     import asyncio
 
     sc._rotator = asyncio.get_running_loop().create_task(sc._rotate_forever(first_in=0.0))
+
+
+def test_a_failed_tls_handshake_is_logged_with_its_reason_and_counted(tmp_path, http_backend):
+    import socket
+    import ssl
+
+    with pair(tmp_path, http_backend=http_backend.addr) as p:
+        with socket.create_connection(("127.0.0.1", p.sidecar_port), timeout=10) as s:  # plain HTTP to the TLS port
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: inference.test\r\n\r\n")
+            assert s.recv(4096) == b""
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # TLS 1.2 only
+        old.check_hostname, old.verify_mode, old.maximum_version = False, ssl.CERT_NONE, ssl.TLSVersion.TLSv1_2
+        strict = ssl.create_default_context()  # checks the chain against CAs: refuses the self-signed RA-TLS certificate
+        for ctx in (old, strict):
+            with socket.create_connection(("127.0.0.1", p.sidecar_port), timeout=10) as raw, pytest.raises(ssl.SSLError):
+                ctx.wrap_socket(raw, server_hostname="inference.test")
+        wait_for("three handshake-failed lines", lambda: len(p.sidecar_events("handshake-failed")) == 3)
+        reasons = [e["reason"] for e in p.sidecar_events("handshake-failed")]
+        assert reasons == ["HTTP_REQUEST", "UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_UNKNOWN_CA"]
+        plain = p.sidecar_events("handshake-failed")[0]
+        assert "plain HTTP" in plain["hint"] and "http request" in plain["error"] and plain["cert_sha256"]
+        for reason in reasons:
+            assert p.metric(p.sidecar_admin_url, "ratls_sidecar_tls_handshake_failures_total", reason=reason) == 1
+        # good clients are untouched by the hook
+        with tls_connect(p.sidecar_addr, ["http/1.1"]) as ok:
+            assert http_get(ok, "/hello") == b"hello from the backend"
+        assert len(p.sidecar_events("handshake-failed")) == 3
