@@ -65,6 +65,8 @@ class Endpoint(asyncio.Protocol):
         self.framer: BodyFramer | None = None
         self._done: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[bool] | None = None
+        #: the waiter's timeout, cancelled by whoever completes the waiter (no done-callback per wait)
+        self._timer: asyncio.TimerHandle | None = None
         self.eof = False
         self.eof_sent = False
         self.closed = False
@@ -169,6 +171,9 @@ class Endpoint(asyncio.Protocol):
         self.framer = None
         self._on_lost = None
         self._waiter = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._drain = None
         if self.exc is not None:
             self.exc.__traceback__ = None
@@ -245,6 +250,10 @@ class Endpoint(asyncio.Protocol):
         w = self._waiter
         if w is not None:
             self._waiter = None
+            t = self._timer
+            if t is not None:
+                self._timer = None
+                t.cancel()
             if not w.done():
                 w.set_result(True)
 
@@ -263,9 +272,11 @@ class Endpoint(asyncio.Protocol):
             return fut
         self.resume_reading()
         self._waiter = fut
+        if self._timer is not None:  # the last wait's, if it expired
+            self._timer.cancel()
+            self._timer = None
         if timeout is not None:
-            handle = loop.call_later(max(0.0, timeout), _expire, fut)
-            fut.add_done_callback(lambda _f: handle.cancel())
+            self._timer = loop.call_later(max(0.0, timeout), _expire, fut)
         return fut
 
     def take(self, n: int | None = None) -> bytes:
