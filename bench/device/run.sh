@@ -56,6 +56,10 @@ except ImportError:
 if bad:
     sys.exit("missing: " + "; ".join(bad))
 PY
+# the model server's stub links libpython by soname (client/backends/triton_digits.py triton_env puts LIBDIR first)
+stub=$("$PY" -c "import pytriton, pathlib; print(next(pathlib.Path(pytriton.__file__).parent.glob('tritonserver/python_backend_stubs/$pyv/triton_python_backend_stub')))")
+libdir=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
+echo "== stub: $(LD_LIBRARY_PATH="$libdir:$LD_LIBRARY_PATH" ldd "$stub" | grep -E "libpython|not found" | tr -s ' \t' ' ')"
 wrk -v 2>&1 | head -1; nginx -v 2>&1
 only=(); for o in $ONLY; do only+=(--only "$o"); done
 echo "== bench"
