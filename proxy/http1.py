@@ -17,7 +17,6 @@ nothing else escapes on hostile input (tests/test_relay_http1.py fuzzes this).
 
 from __future__ import annotations
 
-import enum
 import re
 from dataclasses import dataclass, field
 
@@ -129,8 +128,10 @@ def _split_head(buf: bytes | bytearray, max_head: int) -> tuple[list[bytes], int
     return block.split(b"\r\n"), end + 4
 
 
-#: ``name: value`` with a token name and no leading whitespace (folding); OWS around the value dropped
-_HEADER_LINE = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*(.*?)[ \t]*")
+#: ``name: value`` with a token name and no leading whitespace (folding); leading OWS dropped here,
+#: trailing OWS by the caller (a lazy ``(.*?)[ \t]*`` backtracks at every byte of the value: callgrind
+#: put that regex at 15% of the proxy's instructions per 1 KB request)
+_HEADER_LINE = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*(.*)")
 
 
 def _headers(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
@@ -142,7 +143,10 @@ def _headers(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
             if not line or line[0] in b" \t":
                 raise HttpError(400, "obsolete header line folding is not accepted")
             raise HttpError(400, f"malformed header line {line[:60]!r}")
-        out.append(m.groups())  # type: ignore[arg-type]
+        name, value = m.groups()
+        if value and value[-1] in b" \t":
+            value = value.rstrip(b" \t")
+        out.append((name, value))
     return out
 
 
@@ -176,7 +180,11 @@ def parse_response_head(buf: bytes | bytearray, max_head: int = MAX_HEAD) -> Res
     return Response((parts[0], parts[1], reason), _headers(lines[1:]), size)
 
 
-class Framing(enum.Enum):
+class Framing:
+    """How a body is delimited: plain constants, compared with ``is``. Not an ``enum.Enum``: on
+    Python 3.11 each member lookup goes through ``EnumType.__getattr__`` (4x a class attribute;
+    callgrind: ~4% of the proxy's instructions per 1 KB request across the framing and relay modes)."""
+
     NONE = "none"
     LENGTH = "length"
     CHUNKED = "chunked"
@@ -196,7 +204,7 @@ def _content_length(head: Head, status_on_error: int) -> int | None:
     return int(v)
 
 
-def request_framing(req: Request) -> tuple[Framing, int]:
+def request_framing(req: Request) -> tuple[str, int]:
     """RFC 9112 6.3 for requests. Both Transfer-Encoding and Content-Length: refused (smuggling)."""
     te = req.tokens(b"transfer-encoding")
     cl = _content_length(req, 400)
@@ -211,7 +219,7 @@ def request_framing(req: Request) -> tuple[Framing, int]:
     return Framing.LENGTH, cl
 
 
-def response_framing(resp: Response, request_method: bytes) -> tuple[Framing, int]:
+def response_framing(resp: Response, request_method: bytes) -> tuple[str, int]:
     """RFC 9112 6.3 for responses to ``request_method``."""
     status = resp.status
     if request_method == b"HEAD" or 100 <= status < 200 or status in (204, 304):
@@ -229,7 +237,9 @@ def response_framing(resp: Response, request_method: bytes) -> tuple[Framing, in
     return (Framing.LENGTH, cl) if cl else (Framing.NONE, 0)
 
 
-class _C(enum.Enum):
+class _C:
+    """Chunked-body parser states (plain constants, as :class:`Framing`)."""
+
     SIZE = 0
     DATA = 1
     DATA_CRLF = 2
@@ -247,7 +257,7 @@ class BodyFramer:
 
     __slots__ = ("_err", "_line", "_remaining", "_state", "done", "framing", "total")
 
-    def __init__(self, framing: Framing, length: int = 0, *, error_status: int = 400) -> None:
+    def __init__(self, framing: str, length: int = 0, *, error_status: int = 400) -> None:
         self.framing = framing
         self._remaining = length
         self._state = _C.SIZE
@@ -335,7 +345,7 @@ class BodyFramer:
         if self.framing is Framing.UNTIL_CLOSE:
             self.done = True
             return
-        raise HttpError(self._err, f"connection closed inside a {self.framing.value} body")
+        raise HttpError(self._err, f"connection closed inside a {self.framing} body")
 
 
 def origin_form(req: Request) -> tuple[bytes, int, bytes]:

@@ -18,11 +18,10 @@ drains (``resume_writing``). Counters are plain ints the shells turn into metric
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import Callable
 from typing import Any
 
-from .http1 import BodyFramer, HttpError
+from .http1 import BodyFramer, Framing, HttpError
 
 #: read-side buffer limit in BUFFER mode (heads, sniffing): past it, reading pauses until a
 #: coroutine asks for more. Body bytes that arrive with a head wait here while the upstream is
@@ -46,7 +45,10 @@ def _expire(fut: asyncio.Future[bool]) -> None:
         fut.set_result(False)
 
 
-class Mode(enum.Enum):
+class Mode:
+    """An endpoint's mode (plain constants compared with ``is``, as :class:`proxy.http1.Framing`:
+    checked on every ``data_received``)."""
+
     BUFFER = 0
     FORWARD = 1
     TUNNEL = 2
@@ -146,7 +148,7 @@ class Endpoint(asyncio.Protocol):
         if self.mode is Mode.TUNNEL and self.dst is not None:
             self.dst.close()
         elif self.mode is Mode.FORWARD:
-            if self.framer is not None and self.framer.framing.value == "until-close":
+            if self.framer is not None and self.framer.framing is Framing.UNTIL_CLOSE:
                 self.framer.eof()
                 self._finish_forward(None)
             else:

@@ -382,15 +382,25 @@ class Proxy:
     def _count_client(self, ep: Endpoint) -> None:
         count_bytes(ep, self.metrics.bytes.labels("from_client"), self.metrics.bytes.labels("to_client"))
 
-    async def get_upstream(self, route: Route, peer: str | None) -> tuple[Upstream, bool]:
-        """(upstream, from_pool) for HTTP/1.1 requests."""
+    def pooled(self, route: Route) -> Upstream | None:
+        """An idle verified HTTP/1.1 connection to the route's sidecar whose verdict has not
+        expired, or None. Synchronous: the common case of a request costs no coroutine here."""
         pool = self._pool[(route.service, ALPN_HTTP1)]
+        if not pool:
+            return None
         now = utcnow()
         while pool:
             up = pool.pop()
             if up.ep.closed or up.ep.eof or up.ep.buf or (up.verdict.expires_at is not None and now >= up.verdict.expires_at):
                 up.ep.close()
                 continue
+            return up
+        return None
+
+    async def get_upstream(self, route: Route, peer: str | None) -> tuple[Upstream, bool]:
+        """(upstream, from_pool) for HTTP/1.1 requests."""
+        up = self.pooled(route)
+        if up is not None:
             return up, True
         return await self.connect_upstream(route, ALPN_HTTP1, peer), False
 
@@ -595,9 +605,12 @@ class Proxy:
             return not has_body and req.keep_alive
         host_header = req.get(b"host") or (host if port == 80 else b"%s:%d" % (host, port))
         head = upstream_head(req, path, host_header)
-        up, pooled = await self._upstream_or_answer(c, route, peer, has_body)
-        if up is None:  # refused or unreachable: answered already
-            return not has_body and req.keep_alive
+        up = self.pooled(route)
+        pooled = up is not None
+        if up is None:
+            up, pooled = await self._upstream_or_answer(c, route, peer, has_body)
+            if up is None:  # refused or unreachable: answered already
+                return not has_body and req.keep_alive
         try:
             ok = await self._exchange(c, up, req, head, BodyFramer(framing, length), retry=pooled and req.method in IDEMPOTENT)
         except _Retry:
