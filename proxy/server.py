@@ -552,7 +552,7 @@ class Proxy:
         loop = self._loop
         deadline = loop.time() + self.cfg.idle_timeout
         while True:
-            req = parse_request_head(c.buf, self.cfg.max_head)
+            req = parse_request_head(c.buf, self.cfg.max_head) if c.buf else None
             if req is not None:
                 del c.buf[: req.size]
                 return req
@@ -655,7 +655,7 @@ class Proxy:
                 resp = None
                 while resp is None:
                     try:
-                        resp = parse_response_head(u.buf, self.cfg.max_head)
+                        resp = parse_response_head(u.buf, self.cfg.max_head) if u.buf else None
                     except HttpError as e:
                         raise UpstreamError(502, "response-head", f"sidecar sent a bad response head: {e.detail}") from e
                     if resp is not None:
