@@ -173,9 +173,7 @@ class Endpoint(asyncio.Protocol):
         self.framer = None
         self._on_lost = None
         self._waiter = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         self._drain = None
         if self.exc is not None:
             self.exc.__traceback__ = None
@@ -252,12 +250,15 @@ class Endpoint(asyncio.Protocol):
         w = self._waiter
         if w is not None:
             self._waiter = None
-            t = self._timer
-            if t is not None:
-                self._timer = None
-                t.cancel()
+            self._cancel_timer()
             if not w.done():
                 w.set_result(True)
+
+    def _cancel_timer(self) -> None:
+        t = self._timer
+        if t is not None:
+            self._timer = None
+            t.cancel()
 
     def wait_for_data(self, timeout: float | None = None) -> asyncio.Future[bool]:
         """A future that completes with True when more bytes arrive in ``buf`` or the stream ends
@@ -274,9 +275,7 @@ class Endpoint(asyncio.Protocol):
             return fut
         self.resume_reading()
         self._waiter = fut
-        if self._timer is not None:  # the last wait's, if it expired
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()  # the last wait's, if it expired
         if timeout is not None:
             self._timer = loop.call_later(max(0.0, timeout), _expire, fut)
         return fut

@@ -465,31 +465,30 @@ class Proxy:
             if self._tunnels.get(c) is not up:
                 continue  # ended meanwhile
             route = next((r for r in self.cfg.routes.values() if r.service == up.route.service), None)
-            if route is None or route.policy is None:
-                self.metrics.errors.labels("tunnel-policy").inc()
-                why = "route-removed" if route is None else "no-policy"
-                self._close_tunnel(c, up, why, error="the service has no route any more" if route is None else
-                                   "no policy configured for this service: no policy, no traffic")
-                continue
-            try:
-                verdict = self.cache.lookup(hashlib.sha256(up.der).hexdigest(), route.policy)
-                if verdict is None:
-                    verdict = await asyncio.to_thread(self.cache.verify, up.der, route.policy)
-            except Exception as e:  # fail closed: a tunnel that cannot be re-verified does not stay open
-                self.metrics.errors.labels("tunnel-policy").inc()
-                self._close_tunnel(c, up, "recheck-failed", error=f"{type(e).__name__}: {e}")
-                continue
-            if self._tunnels.get(c) is not up:
-                continue
-            if verdict.ok:
-                up.route, up.verdict = route, verdict
-                self.log.write("tunnel-rechecked", conn_id=up.conn_id, target=route.service, decision="admit",
-                               cert_sha256=verdict.cert_sha256, policy_name=verdict.policy_name)
-                continue
+            if route is None:
+                why, fields = "route-removed", {"error": "the service has no route any more"}
+            elif route.policy is None:
+                why, fields = "no-policy", {"error": "no policy configured for this service: no policy, no traffic"}
+            else:
+                try:
+                    verdict = self.cache.lookup(hashlib.sha256(up.der).hexdigest(), route.policy)
+                    if verdict is None:
+                        verdict = await asyncio.to_thread(self.cache.verify, up.der, route.policy)
+                except Exception as e:  # fail closed: a tunnel that cannot be re-verified does not stay open
+                    why, fields = "recheck-failed", {"error": f"{type(e).__name__}: {e}"}
+                else:
+                    if self._tunnels.get(c) is not up:
+                        continue
+                    if verdict.ok:
+                        up.route, up.verdict = route, verdict
+                        self.log.write("tunnel-rechecked", conn_id=up.conn_id, target=route.service, decision="admit",
+                                       cert_sha256=verdict.cert_sha256, policy_name=verdict.policy_name)
+                        continue
+                    refusal = verdict.refusal(route.service)
+                    why, fields = "policy-changed", {"error": refusal["error"], "failed_step": verdict.failed_step, "failed": refusal["failed"],
+                                                     "cert_sha256": verdict.cert_sha256, "policy_name": verdict.policy_name}
             self.metrics.errors.labels("tunnel-policy").inc()
-            refusal = verdict.refusal(route.service)
-            self._close_tunnel(c, up, "policy-changed", error=refusal["error"], failed_step=verdict.failed_step, failed=refusal["failed"],
-                               cert_sha256=verdict.cert_sha256, policy_name=verdict.policy_name)
+            self._close_tunnel(c, up, why, **fields)
 
     def reload(self, cfg: ProxyConfig) -> dict[str, Any]:
         """Take new routes and policies (SIGHUP). Pooled connections verified under the old ones are

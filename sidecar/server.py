@@ -86,6 +86,8 @@ class SidecarMetrics:
                                           ["reason"], registry=r)
 
 
+_REFUSED_CERT = ("the client refused the certificate: an RA-TLS certificate is self-signed, verified from its evidence by the "
+                 "ratls proxy, not by a CA")
 #: what a failed handshake's OpenSSL reason usually means, for whoever reads the log
 HANDSHAKE_HINTS = {
     "HTTP_REQUEST": "the client spoke plain HTTP to the TLS port (send it through the ratls proxy, or use https)",
@@ -93,11 +95,9 @@ HANDSHAKE_HINTS = {
     "UNSUPPORTED_PROTOCOL": "the client offered no TLS 1.3 (the sidecar accepts TLS 1.3 only)",
     "NO_APPLICATION_PROTOCOL": "ALPN: the client offered neither h2 nor http/1.1",
     "NO_SHARED_CIPHER": "no cipher suite in common with the client",
-    "TLSV1_ALERT_UNKNOWN_CA": "the client refused the certificate: an RA-TLS certificate is self-signed, verified from its "
-                              "evidence by the ratls proxy, not by a CA",
+    "TLSV1_ALERT_UNKNOWN_CA": _REFUSED_CERT,
     "SSLV3_ALERT_BAD_CERTIFICATE": "the client refused the certificate",
-    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the client refused the certificate: an RA-TLS certificate is self-signed, verified from "
-                                       "its evidence by the ratls proxy, not by a CA",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": _REFUSED_CERT,
 }
 
 

@@ -62,17 +62,23 @@ def write_tls(d: Path) -> dict[str, Path]:
     return paths
 
 
-def triton_body(d: Path) -> tuple[Path, int]:
-    """A KServe v2 binary-tensor request for `mean_fp32` (602,112 bytes of FP32) and its JSON header length."""
+def write_binary_tensor_request(path: Path, input_name: str, shape: list[int], output: str, *, binary_output: bool,
+                                seed: int = 1) -> int:
+    """A KServe v2 binary-tensor request (JSON header, then random FP32 data) written to ``path``;
+    returns the header's length (the ``Inference-Header-Content-Length`` value)."""
     import numpy as np
 
-    data = np.random.default_rng(1).random(TRITON_FLOATS, dtype=np.float32).tobytes()
-    header = json.dumps({"inputs": [{"name": "input", "shape": [1, TRITON_FLOATS], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": len(data)}}],
-                         "outputs": [{"name": "mean", "parameters": {"binary_data": False}}]}, separators=(",", ":")).encode()
+    data = np.random.default_rng(seed).random(shape, dtype=np.float32).tobytes()
+    header = json.dumps({"inputs": [{"name": input_name, "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": len(data)}}],
+                         "outputs": [{"name": output, "parameters": {"binary_data": binary_output}}]}, separators=(",", ":")).encode()
+    path.write_bytes(header + data)
+    return len(header)
+
+
+def triton_body(d: Path) -> tuple[Path, int]:
+    """A KServe v2 binary-tensor request for `mean_fp32` (602,112 bytes of FP32) and its JSON header length."""
     p = d / "triton-602k.bin"
-    p.write_bytes(header + data)
-    return p, len(header)
+    return p, write_binary_tensor_request(p, "input", [1, TRITON_FLOATS], "mean", binary_output=False)
 
 
 @dataclass

@@ -41,6 +41,14 @@ def _exchange(s: socket.socket, n: int) -> None:
                 break
 
 
+def _counted(s: socket.socket, pid: int, requests: int) -> None:
+    """Warm up, then ``requests`` exchanges with callgrind's instrumentation on in process ``pid``."""
+    _exchange(s, 300)
+    subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
+    _exchange(s, requests)
+    subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True)
+
+
 def _callgrind(out: Path) -> list[str]:
     return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--instr-atstart=no", sys.executable, "-m", "ratls.cli"]
 
@@ -64,10 +72,7 @@ def measure_sidecar(work: Path, requests: int) -> tuple[int, Path]:
     px = env.start_proxy({"bench-http:80": sc.ports["tls"]})
     try:
         with socket.create_connection(("127.0.0.1", px.ports["http"])) as s:
-            _exchange(s, 300)
-            subprocess.run(["callgrind_control", "-i", "on", str(sc.proc.pid)], check=True, capture_output=True)
-            _exchange(s, requests)
-            subprocess.run(["callgrind_control", "-i", "off", str(sc.proc.pid)], check=True, capture_output=True)
+            _counted(s, sc.proc.pid, requests)
         sc.proc.send_signal(2)
         sc.proc.wait(120)
         return _totals(out), out
@@ -89,10 +94,7 @@ def measure(work: Path, requests: int) -> tuple[int, Path]:
     try:
         wait_port(port, 300, p)
         with socket.create_connection(("127.0.0.1", port)) as s:
-            _exchange(s, 300)
-            subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True, capture_output=True)
-            _exchange(s, requests)
-            subprocess.run(["callgrind_control", "-i", "off", str(p.pid)], check=True, capture_output=True)
+            _counted(s, p.pid, requests)
         p.send_signal(2)
         p.wait(120)
         return _totals(out), out

@@ -101,12 +101,9 @@ class Runner:
 
 def request_body(batch: int, path: Path, seed: int = 1) -> int:
     """Write a KServe v2 binary-tensor request for ``batch`` images to ``path``; returns the JSON header's length."""
-    data = np.random.default_rng(seed).random((batch, *IMAGE_SHAPE), dtype=np.float32).tobytes()
-    header = json.dumps({"inputs": [{"name": "image", "shape": [batch, *IMAGE_SHAPE], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": len(data)}}],
-                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}, separators=(",", ":")).encode()
-    path.write_bytes(header + data)
-    return len(header)
+    from .env import write_binary_tensor_request
+
+    return write_binary_tensor_request(path, "image", [batch, *IMAGE_SHAPE], "logits", binary_output=True, seed=seed)
 
 
 def serve(http_port: int, grpc_port: int, metrics_port: int, host: str = "127.0.0.1", device: str = "auto", instances: int = 2,

@@ -32,6 +32,11 @@ Load = Callable[[float], LoadResult]
 AFTER_S = 8.0
 
 
+def h1_tls_port(server: Server) -> int:
+    """The HTTP/1.1-over-TLS port of a sidecar (``tls``) or an nginx / HAProxy terminator (``h1``)."""
+    return server.ports["tls" if "tls" in server.ports else "h1"]
+
+
 @dataclass(eq=False)
 class Spec:
     """A subject to measure: its servers and its load (both started lazily), and what it is compared with."""
@@ -213,11 +218,9 @@ class Suite:
                     if name == "haproxy" and not self.env.tools["haproxy"]:
                         continue
 
-                    def port(srv=srv):
-                        return srv().ports["tls" if "tls" in srv().ports else "h1"]
-
                     runs.append(self.measure(name, role, lambda srv=srv: [srv()],
-                                             lambda port=port, name=name: self.wrk(f"https://127.0.0.1:{port()}", script, f"{sid}-{name}", conns),
+                                             lambda srv=srv, name=name: self.wrk(f"https://127.0.0.1:{h1_tls_port(srv())}", script,
+                                                                                 f"{sid}-{name}", conns),
                                              memory=name == "sidecar" and size == "600k" and conns == 64))
                 self.record(sid, title, runs, {"connections": conns, "size": size, "tool": "wrk"})
 
@@ -446,11 +449,8 @@ class Suite:
                 def srv(name=name, factory=factory) -> Server:
                     return self.server(name, factory)
 
-                def port(srv=srv) -> int:
-                    return srv().ports["tls" if "tls" in srv().ports else "h1"]
-
-                runs.append(self.measure(name, role, lambda srv=srv: [srv()], lambda port=port, name=name: (
-                    lambda d: run_wrk(f"https://127.0.0.1:{port()}", script, self.env.work, f"{sid}-{name}", conns, d, threads=threads)),
+                runs.append(self.measure(name, role, lambda srv=srv: [srv()], lambda srv=srv, name=name: (
+                    lambda d: run_wrk(f"https://127.0.0.1:{h1_tls_port(srv())}", script, self.env.work, f"{sid}-{name}", conns, d, threads=threads)),
                     group=f"w{w}"))
         self.record(sid, title, runs, {"connections": conns, "size": "600k", "bytes": SIZES["600k"], "workers": workers, "cores": cores,
                                        "wrk_threads": threads, "sink_workers": sink_workers, "tool": "wrk"})
